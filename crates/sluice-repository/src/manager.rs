@@ -1,0 +1,521 @@
+//! The model lifecycle actor: loads, reloads and unloads model versions one command at a time,
+//! and publishes an immutable table of what is served for the request path to read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use sluice_backend::{Backend, BackendRegistry, ModelFiles};
+use sluice_scheduler::{ModelRunner, ModelStats};
+use sluice_types::api::{IndexEntry, ModelState};
+use sluice_types::{ModelConfig, ServeError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{parse_model_config, read_model_config, validate_config, ConfigFormat};
+
+/// When models are loaded: all at start (`None`), on request (`Explicit`), or by watching the
+/// repository (`Poll`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlMode {
+    None,
+    Explicit,
+    Poll,
+}
+
+#[derive(Clone)]
+pub struct RepositoryOptions {
+    pub roots: Vec<PathBuf>,
+    pub control_mode: ControlMode,
+    /// Models loaded at start in explicit mode.
+    pub startup_models: Vec<String>,
+    pub backends: BackendRegistry,
+    /// Requests a version may hold queued before it answers "queue full".
+    pub queue_capacity: usize,
+}
+
+/// A version that takes requests.
+pub struct ServedVersion {
+    pub name: String,
+    pub version: u64,
+    pub config: Arc<ModelConfig>,
+    pub runner: ModelRunner,
+}
+
+impl ServedVersion {
+    pub fn stats(&self) -> &Arc<ModelStats> {
+        self.runner.stats()
+    }
+}
+
+#[derive(Clone)]
+pub struct VersionSlot {
+    pub state: ModelState,
+    pub reason: String,
+    pub served: Option<Arc<ServedVersion>>,
+}
+
+#[derive(Clone)]
+pub struct ModelRecord {
+    pub name: String,
+    pub versions: BTreeMap<u64, VersionSlot>,
+    /// Set when the model as a whole could not be loaded (bad config, no versions).
+    pub state: ModelState,
+    pub reason: String,
+}
+
+impl ModelRecord {
+    fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ServedVersion>> {
+        self.versions.values().filter(|s| s.state == ModelState::Ready).filter_map(|s| s.served.as_ref())
+    }
+}
+
+type Table = HashMap<String, ModelRecord>;
+
+/// Inline content for a load: a config that replaces the one on disk and model files
+/// (`<version>/<name>` → bytes) that replace the directory's.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOverride {
+    pub config_json: Option<String>,
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+enum Command {
+    Load { name: String, ov: Option<LoadOverride>, reply: oneshot::Sender<Result<(), ServeError>> },
+    Unload { name: String, reply: oneshot::Sender<Result<(), ServeError>> },
+    Startup { reply: oneshot::Sender<()> },
+    UnloadAll { reply: oneshot::Sender<()> },
+}
+
+/// Cloneable handle to the repository actor.
+#[derive(Clone)]
+pub struct ModelRepository {
+    table: Arc<RwLock<Arc<Table>>>,
+    tx: mpsc::Sender<Command>,
+    opts: Arc<RepositoryOptions>,
+}
+
+impl ModelRepository {
+    /// Starts the actor; call [`ModelRepository::load_startup_models`] to load what the mode says.
+    pub fn start(opts: RepositoryOptions) -> ModelRepository {
+        let table = Arc::new(RwLock::new(Arc::new(Table::new())));
+        let (tx, rx) = mpsc::channel(64);
+        let opts = Arc::new(opts);
+        let actor = Actor { table: Table::new(), published: table.clone(), opts: opts.clone(), inline_seq: 0 };
+        tokio::spawn(actor.run(rx));
+        ModelRepository { table, tx, opts }
+    }
+
+    pub fn options(&self) -> &RepositoryOptions {
+        &self.opts
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ServeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ServeError::Unavailable("the model repository is shutting down".into()))?;
+        rx.await.map_err(|_| ServeError::Internal("the model repository stopped".into()))
+    }
+
+    /// Loads every model of the repository (mode none and poll) or the `--load-model` ones.
+    pub async fn load_startup_models(&self) -> Result<(), ServeError> {
+        self.call(|reply| Command::Startup { reply }).await
+    }
+
+    /// Loads or reloads a model; on failure a model that was serving keeps serving.
+    pub async fn load(&self, name: &str, ov: Option<LoadOverride>) -> Result<(), ServeError> {
+        self.call(|reply| Command::Load { name: name.to_string(), ov, reply }).await?
+    }
+
+    /// Unloads a model after its in-flight requests finish.
+    pub async fn unload(&self, name: &str) -> Result<(), ServeError> {
+        self.call(|reply| Command::Unload { name: name.to_string(), reply }).await?
+    }
+
+    pub async fn unload_all(&self) {
+        let _ = self.call(|reply| Command::UnloadAll { reply }).await;
+    }
+
+    fn snapshot(&self) -> Arc<Table> {
+        self.table.read().clone()
+    }
+
+    /// The version a request goes to: the one named, or the newest ready one.
+    pub fn get(&self, model: &str, version: Option<&str>) -> Result<Arc<ServedVersion>, ServeError> {
+        let table = self.snapshot();
+        let rec = table.get(model).ok_or_else(|| ServeError::model_not_found(model, version))?;
+        match version.filter(|v| !v.is_empty()) {
+            None => rec.ready_versions().next_back().cloned().ok_or_else(|| {
+                let reason = if rec.reason.is_empty() { String::new() } else { format!(": {}", rec.reason) };
+                ServeError::Unavailable(format!("model '{model}' has no ready version{reason}"))
+            }),
+            Some(v) => {
+                let n: u64 = v.parse().map_err(|_| ServeError::model_not_found(model, Some(v)))?;
+                let slot = rec.versions.get(&n).ok_or_else(|| ServeError::model_not_found(model, Some(v)))?;
+                match (&slot.served, slot.state) {
+                    (Some(s), ModelState::Ready) => Ok(s.clone()),
+                    _ => Err(ServeError::Unavailable(format!(
+                        "model '{model}' version {v} is not ready ({}{})",
+                        slot.state.as_str(),
+                        if slot.reason.is_empty() { String::new() } else { format!(": {}", slot.reason) }
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Ready versions of a model, oldest first.
+    pub fn ready_versions(&self, model: &str) -> Vec<Arc<ServedVersion>> {
+        self.snapshot().get(model).map(|r| r.ready_versions().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every ready version of every model.
+    pub fn all_ready(&self) -> Vec<Arc<ServedVersion>> {
+        let table = self.snapshot();
+        let mut v: Vec<_> = table.values().flat_map(|r| r.ready_versions().cloned()).collect();
+        v.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        v
+    }
+
+    /// True when every model that must be loaded at start is ready.
+    pub fn required_ready(&self) -> bool {
+        let table = self.snapshot();
+        let required: Vec<String> = match self.opts.control_mode {
+            ControlMode::Explicit => self.opts.startup_models.clone(),
+            ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
+        };
+        required.iter().all(|m| table.get(m).is_some_and(|r| r.ready_versions().next().is_some()))
+    }
+
+    /// Triton's repository index: every model in the repositories and every loaded version.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let table = self.snapshot();
+        let mut names = scan_model_names(&self.opts.roots);
+        names.extend(table.keys().cloned());
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            match table.get(&name) {
+                None => out.push(IndexEntry {
+                    name,
+                    version: String::new(),
+                    state: ModelState::Unavailable,
+                    reason: "unloaded".into(),
+                }),
+                Some(rec) if rec.versions.is_empty() => {
+                    out.push(IndexEntry { name, version: String::new(), state: rec.state, reason: rec.reason.clone() })
+                }
+                Some(rec) => out.extend(rec.versions.iter().map(|(v, s)| IndexEntry {
+                    name: name.clone(),
+                    version: v.to_string(),
+                    state: s.state,
+                    reason: s.reason.clone(),
+                })),
+            }
+        }
+        if ready_only {
+            out.retain(|e| e.state == ModelState::Ready);
+        }
+        out
+    }
+}
+
+/// Directory names of the repositories' models (sorted, first root wins on duplicates).
+pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
+    let mut names = Vec::new();
+    for root in roots {
+        let Ok(rd) = std::fs::read_dir(root) else { continue };
+        for e in rd.flatten() {
+            let is_dir = e.file_type().map(|t| t.is_dir() || t.is_symlink()).unwrap_or(false) && e.path().is_dir();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_dir && !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn version_dirs(model_dir: &Path) -> Vec<u64> {
+    let Ok(rd) = std::fs::read_dir(model_dir) else { return vec![] };
+    let mut v: Vec<u64> = rd
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+struct Actor {
+    table: Table,
+    published: Arc<RwLock<Arc<Table>>>,
+    opts: Arc<RepositoryOptions>,
+    inline_seq: u64,
+}
+
+/// A version built and started, not yet taking traffic.
+struct Prepared {
+    versions: Vec<Arc<ServedVersion>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Load { name, ov, reply } => {
+                    let r = self.load(&name, ov).await;
+                    let _ = reply.send(r);
+                }
+                Command::Unload { name, reply } => {
+                    let r = self.unload(&name).await;
+                    let _ = reply.send(r);
+                }
+                Command::Startup { reply } => {
+                    let names = match self.opts.control_mode {
+                        ControlMode::Explicit => self.opts.startup_models.clone(),
+                        ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
+                    };
+                    for name in names {
+                        if let Err(e) = self.load(&name, None).await {
+                            tracing::error!(model = %name, error = %e, "failed to load model");
+                        }
+                    }
+                    let _ = reply.send(());
+                }
+                Command::UnloadAll { reply } => {
+                    let names: Vec<String> = self.table.keys().cloned().collect();
+                    for name in names {
+                        let _ = self.unload(&name).await;
+                    }
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        *self.published.write() = Arc::new(self.table.clone());
+    }
+
+    fn find_model_dir(&self, name: &str) -> Option<PathBuf> {
+        self.opts.roots.iter().map(|r| r.join(name)).find(|p| p.is_dir())
+    }
+
+    async fn load(&mut self, name: &str, ov: Option<LoadOverride>) -> Result<(), ServeError> {
+        if name.is_empty() || name.contains('/') || name.contains("..") {
+            return Err(ServeError::invalid(format!("invalid model name '{name}'")));
+        }
+        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord {
+            name: name.to_string(),
+            versions: BTreeMap::new(),
+            state: ModelState::Loading,
+            reason: String::new(),
+        });
+        if rec.versions.is_empty() {
+            rec.state = ModelState::Loading;
+            rec.reason.clear();
+        }
+        self.publish();
+        match self.prepare(name, ov).await {
+            Ok(prepared) => {
+                self.swap_in(name, prepared).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, error = %e, "load failed");
+                if let Some(rec) = self.table.get_mut(name) {
+                    rec.reason = e.to_string();
+                    if rec.versions.values().any(|s| s.state == ModelState::Ready) {
+                        rec.reason = format!("reload failed, previous version kept serving: {e}");
+                    } else {
+                        rec.state = ModelState::Unavailable;
+                        rec.versions.clear();
+                    }
+                }
+                self.publish();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the config, picks versions, loads and starts their instances.
+    async fn prepare(&mut self, name: &str, ov: Option<LoadOverride>) -> Result<Prepared, ServeError> {
+        let ov = ov.unwrap_or_default();
+        let model_dir = if ov.files.is_empty() {
+            self.find_model_dir(name).ok_or_else(|| {
+                ServeError::NotFound(format!(
+                    "failed to load '{name}': no model directory '{name}' in the model repositories"
+                ))
+            })?
+        } else {
+            self.inline_seq += 1;
+            write_inline_files(name, self.inline_seq, &ov.files)?
+        };
+        let mut config = match &ov.config_json {
+            Some(json) => parse_model_config(json, ConfigFormat::Json)?,
+            None => read_model_config(&model_dir)?.unwrap_or_default(),
+        };
+        if config.name.is_empty() {
+            config.name = name.to_string();
+        } else if config.name != name {
+            return Err(ServeError::invalid(format!(
+                "failed to load '{name}': the config names the model '{}'; it must match the directory name",
+                config.name
+            )));
+        }
+        let available = version_dirs(&model_dir);
+        let selected = config.version_policy.select(&available);
+        if selected.is_empty() {
+            return Err(ServeError::invalid(format!(
+                "failed to load '{name}': no version directory matches the version policy (found: {available:?})"
+            )));
+        }
+        let newest_dir = model_dir.join(selected[selected.len() - 1].to_string());
+        let backend = self.opts.backends.find(&config, &newest_dir)?;
+        let filename = if config.default_model_filename.is_empty() {
+            backend.default_filename().to_string()
+        } else {
+            config.default_model_filename.clone()
+        };
+        let files = |v: u64| {
+            let version_dir = model_dir.join(v.to_string());
+            let file = filename.clone();
+            ModelFiles { model_dir: model_dir.clone(), model_path: version_dir.join(file), version_dir }
+        };
+        let newest_files = files(selected[selected.len() - 1]);
+        let config = {
+            let backend = backend.clone();
+            tokio::task::spawn_blocking(move || -> Result<ModelConfig, ServeError> {
+                backend.auto_complete(&mut config, &newest_files)?;
+                validate_config(&config)?;
+                Ok(config)
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("auto-complete of '{name}' panicked: {e}")))??
+        };
+        let config = Arc::new(config);
+        let mut versions = Vec::new();
+        for v in selected {
+            let files = files(v);
+            match start_version(backend.clone(), config.clone(), files, v, self.opts.queue_capacity).await {
+                Ok(served) => versions.push(served),
+                Err(e) => {
+                    for s in versions {
+                        s.runner.shutdown().await;
+                    }
+                    return Err(ServeError::invalid(format!("failed to load '{name}' version {v}: {e}")));
+                }
+            }
+        }
+        Ok(Prepared { versions })
+    }
+
+    /// Makes the new versions take traffic, then drains and stops the ones they replace.
+    async fn swap_in(&mut self, name: &str, prepared: Prepared) {
+        let mut old: Vec<Arc<ServedVersion>> = Vec::new();
+        let rec = self.table.get_mut(name).expect("load inserted the record");
+        let new_versions: BTreeMap<u64, VersionSlot> = prepared
+            .versions
+            .into_iter()
+            .map(|s| (s.version, VersionSlot { state: ModelState::Ready, reason: String::new(), served: Some(s) }))
+            .collect();
+        for (_, slot) in std::mem::take(&mut rec.versions) {
+            if let Some(s) = slot.served {
+                old.push(s);
+            }
+        }
+        rec.versions = new_versions;
+        rec.state = ModelState::Ready;
+        rec.reason.clear();
+        tracing::info!(model = %name, versions = ?rec.versions.keys().collect::<Vec<_>>(), "model ready");
+        self.publish();
+        for s in old {
+            s.runner.shutdown().await;
+        }
+    }
+
+    async fn unload(&mut self, name: &str) -> Result<(), ServeError> {
+        let Some(rec) = self.table.get_mut(name) else {
+            return if self.find_model_dir(name).is_some() {
+                Ok(())
+            } else {
+                Err(ServeError::NotFound(format!("failed to unload '{name}': no such model")))
+            };
+        };
+        let mut draining = Vec::new();
+        for slot in rec.versions.values_mut() {
+            slot.state = ModelState::Unloading;
+            if let Some(s) = slot.served.take() {
+                draining.push(s);
+            }
+        }
+        rec.state = ModelState::Unloading;
+        self.publish();
+        for s in draining {
+            s.runner.shutdown().await;
+        }
+        if let Some(rec) = self.table.get_mut(name) {
+            rec.versions.clear();
+            rec.state = ModelState::Unavailable;
+            rec.reason = "unloaded".into();
+        }
+        self.publish();
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+}
+
+async fn start_version(
+    backend: Arc<dyn Backend>,
+    config: Arc<ModelConfig>,
+    files: ModelFiles,
+    version: u64,
+    queue_capacity: usize,
+) -> Result<Arc<ServedVersion>, ServeError> {
+    let n = config.instance_count();
+    let cfg = config.clone();
+    let instances = tokio::task::spawn_blocking(move || {
+        (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
+    let queue = config
+        .dynamic_batching
+        .as_ref()
+        .and_then(|d| d.default_queue_policy.as_ref())
+        .map(|p| p.max_queue_size as usize)
+        .filter(|&n| n > 0)
+        .unwrap_or(queue_capacity);
+    let label = format!("{}:{version}", config.name);
+    let runner = ModelRunner::start(label, instances, queue, Arc::new(ModelStats::default()))?;
+    Ok(Arc::new(ServedVersion { name: config.name.clone(), version, config, runner }))
+}
+
+/// Writes files sent inline with a load request into a fresh directory, refusing paths that
+/// would leave it.
+fn write_inline_files(name: &str, seq: u64, files: &BTreeMap<String, Vec<u8>>) -> Result<PathBuf, ServeError> {
+    let dir = std::env::temp_dir().join(format!("sluice-inline-{}-{name}-{seq}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (rel, bytes) in files {
+        let p = Path::new(rel);
+        if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(ServeError::invalid(format!(
+                "inline model file 'file:{rel}' must be a relative path inside the model"
+            )));
+        }
+        let target = dir.join(p);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ServeError::Internal(format!("cannot write {}: {e}", parent.display())))?;
+        }
+        std::fs::write(&target, bytes)
+            .map_err(|e| ServeError::Internal(format!("cannot write {}: {e}", target.display())))?;
+    }
+    Ok(dir)
+}

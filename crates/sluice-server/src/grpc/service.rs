@@ -1,0 +1,253 @@
+//! `inference.GRPCInferenceService` over the engine.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use sluice_repository::LoadOverride;
+use sluice_types::ServeError;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::grpc_inference_service_server::GrpcInferenceService;
+use super::pb::model_repository_parameter::ParameterChoice;
+use super::{config, convert, pb, status_from};
+use crate::engine::Engine;
+
+/// Requests of one `ModelStreamInfer` call that may run at once; further requests wait in the
+/// stream (HTTP/2 flow control pushes back on the client).
+const STREAM_CONCURRENCY: usize = 64;
+
+pub struct InferenceService {
+    engine: Arc<Engine>,
+}
+
+impl InferenceService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        InferenceService { engine }
+    }
+}
+
+fn opt(s: &str) -> Option<&str> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported by this server"))
+}
+
+async fn infer(engine: &Engine, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ServeError> {
+    let request = convert::infer_request(req)?;
+    let answer = engine.infer_timed(request).await?;
+    Ok(convert::infer_response(answer.response))
+}
+
+/// One answer of a stream: the response, or the error in `error_message` (the stream goes on).
+async fn stream_answer(engine: Arc<Engine>, req: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+    let echo = pb::ModelInferResponse {
+        model_name: req.model_name.clone(),
+        model_version: req.model_version.clone(),
+        id: req.id.clone(),
+        ..Default::default()
+    };
+    match infer(&engine, req).await {
+        Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
+        Err(e) => pb::ModelStreamInferResponse { error_message: e.to_string(), infer_response: Some(echo) },
+    }
+}
+
+/// The `config` and `file:<version>/<name>` parameters of a load request.
+fn load_override(params: HashMap<String, pb::ModelRepositoryParameter>) -> Result<Option<LoadOverride>, ServeError> {
+    let mut ov = LoadOverride::default();
+    let mut any = false;
+    for (key, p) in params {
+        if key == "config" {
+            let json = match p.parameter_choice {
+                Some(ParameterChoice::StringParam(s)) => s,
+                Some(ParameterChoice::BytesParam(b)) => String::from_utf8(b.to_vec())
+                    .map_err(|_| ServeError::invalid("parameter 'config' is not valid UTF-8"))?,
+                _ => {
+                    return Err(ServeError::invalid(
+                        "parameter 'config' must be a string_param holding the model configuration as JSON",
+                    ))
+                }
+            };
+            ov.config_json = Some(json);
+            any = true;
+        } else if let Some(path) = key.strip_prefix("file:") {
+            let Some(ParameterChoice::BytesParam(b)) = p.parameter_choice else {
+                return Err(ServeError::invalid(format!("parameter '{key}' must be a bytes_param with the file's content")));
+            };
+            ov.files.insert(path.to_string(), b.to_vec());
+            any = true;
+        }
+        // Other parameters are ignored, as Triton ignores those it does not know.
+    }
+    Ok(any.then_some(ov))
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: self.engine.live() }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.engine.ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::ModelReadyResponse { ready: self.engine.model_ready(&r.name, opt(&r.version)) }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let m = self.engine.metadata();
+        Ok(Response::new(pb::ServerMetadataResponse { name: m.name, version: m.version, extensions: m.extensions }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let m = self.engine.model_metadata(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?;
+        Ok(Response::new(config::model_metadata(&m)))
+    }
+
+    async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        // If the client goes away, tonic drops this future, and with it the queued request.
+        let resp = infer(&self.engine, request.into_inner()).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(resp))
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let engine = self.engine.clone();
+        // Answers go out as they complete. Everything in flight lives inside this stream, so a
+        // client that goes away drops (and so cancels) its queued requests.
+        let answers = request
+            .into_inner()
+            .map(move |item| {
+                let engine = engine.clone();
+                async move {
+                    match item {
+                        Ok(req) => Ok(stream_answer(engine, req).await),
+                        // A broken inbound stream (bad frame, message too large) ends the call.
+                        Err(status) => Err(status),
+                    }
+                }
+            })
+            .buffer_unordered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let c = self.engine.model_config(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?;
+        Ok(Response::new(pb::ModelConfigResponse { config: Some(config::model_config(&c)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let stats = self.engine.statistics(opt(&r.name), opt(&r.version)).map_err(|e| status_from(&e))?;
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats: stats.iter().map(config::statistics).collect() }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        let models = self.engine.repository_index(r.ready).iter().map(config::index_entry).collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        let ov = load_override(r.parameters).map_err(|e| status_from(&e))?;
+        self.engine.load_model(&r.model_name, ov).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let r = request.into_inner();
+        let dependents = match r.parameters.get("unload_dependents").and_then(|p| p.parameter_choice.as_ref()) {
+            None => false,
+            Some(ParameterChoice::BoolParam(b)) => *b,
+            Some(_) => {
+                return Err(Status::invalid_argument("parameter 'unload_dependents' must be a bool_param"));
+            }
+        };
+        self.engine.unload_model(&r.model_name, dependents).await.map_err(|e| status_from(&e))?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("system shared memory (SystemSharedMemoryStatus)"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("system shared memory (SystemSharedMemoryRegister)"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("system shared memory (SystemSharedMemoryUnregister)"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        Err(unimplemented("CUDA shared memory (CudaSharedMemoryStatus)"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(unimplemented("CUDA shared memory (CudaSharedMemoryRegister)"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        Err(unimplemented("CUDA shared memory (CudaSharedMemoryUnregister)"))
+    }
+
+    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Result<Response<pb::TraceSettingResponse>, Status> {
+        Err(unimplemented("tracing (TraceSetting)"))
+    }
+
+    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Result<Response<pb::LogSettingsResponse>, Status> {
+        Err(unimplemented("changing log settings (LogSettings)"))
+    }
+}

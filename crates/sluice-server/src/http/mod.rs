@@ -1,0 +1,305 @@
+//! The HTTP edge (axum): the V2 REST endpoints and Triton's extensions over the [`Engine`].
+
+mod codec;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sluice_repository::LoadOverride;
+use sluice_types::ServeError;
+
+use crate::engine::Engine;
+pub use codec::{decode_raw_request, decode_request, encode_response, OutputEncoding};
+
+/// Status code and `{"error": ...}` body for every error; one exhaustive match.
+pub struct HttpError(pub ServeError);
+
+impl From<ServeError> for HttpError {
+    fn from(e: ServeError) -> Self {
+        HttpError(e)
+    }
+}
+
+pub fn status_of(e: &ServeError) -> StatusCode {
+    match e {
+        ServeError::NotFound(_) => StatusCode::NOT_FOUND,
+        ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        ServeError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+        ServeError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ServeError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServeError::Cancelled(_) => StatusCode::BAD_REQUEST,
+        ServeError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        ServeError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = status_of(&self.0);
+        let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
+        if let ServeError::ResourceExhausted { retry_after_ms, .. } = &self.0 {
+            let secs = retry_after_ms.div_ceil(1000).max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+type HttpResult<T> = Result<T, HttpError>;
+
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+    max_body_bytes: usize,
+}
+
+/// The router of the inference port.
+pub fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
+    let state = AppState { engine, max_body_bytes };
+    Router::new()
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_v))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_v))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_v))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> HttpError {
+    HttpError(ServeError::NotFound(format!("no endpoint at {}", uri.path())))
+}
+
+async fn live(State(s): State<AppState>) -> Response {
+    (StatusCode::OK, Json(json!({ "live": s.engine.live() }))).into_response()
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    let ready = s.engine.ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn server_metadata(State(s): State<AppState>) -> Response {
+    Json(s.engine.metadata()).into_response()
+}
+
+fn metadata(s: &AppState, model: &str, version: Option<&str>) -> HttpResult<Response> {
+    Ok(Json(s.engine.model_metadata(model, version)?).into_response())
+}
+
+async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
+    metadata(&s, &model, None)
+}
+
+async fn model_metadata_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<Response> {
+    metadata(&s, &model, Some(&version))
+}
+
+fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
+    let ready = s.engine.model_ready(model, version);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "name": model, "ready": ready }))).into_response()
+}
+
+async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Response {
+    readiness(&s, &model, None)
+}
+
+async fn model_ready_v(State(s): State<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness(&s, &model, Some(&version))
+}
+
+fn config(s: &AppState, model: &str, version: Option<&str>) -> HttpResult<Response> {
+    Ok(Json(&*s.engine.model_config(model, version)?).into_response())
+}
+
+async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
+    config(&s, &model, None)
+}
+
+async fn model_config_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<Response> {
+    config(&s, &model, Some(&version))
+}
+
+fn stats(s: &AppState, model: Option<&str>, version: Option<&str>) -> HttpResult<Response> {
+    Ok(Json(json!({ "model_stats": s.engine.statistics(model, version)? })).into_response())
+}
+
+async fn all_stats(State(s): State<AppState>) -> HttpResult<Response> {
+    stats(&s, None, None)
+}
+
+async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
+    stats(&s, Some(&model), None)
+}
+
+async fn model_stats_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> HttpResult<Response> {
+    stats(&s, Some(&model), Some(&version))
+}
+
+fn body_or_error(s: &AppState, body: Result<Bytes, BytesRejection>) -> HttpResult<Bytes> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HttpError(ServeError::PayloadTooLarge(format!(
+                "request body exceeds the limit of {} bytes (--http-max-body-size)",
+                s.max_body_bytes
+            )))
+        } else {
+            HttpError(ServeError::invalid(format!("cannot read the request body: {r}")))
+        }
+    })
+}
+
+async fn infer(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult<Response> {
+    run_infer(&s, &model, None, &headers, body).await
+}
+
+async fn infer_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult<Response> {
+    run_infer(&s, &model, Some(&version), &headers, body).await
+}
+
+const HEADER_LEN: &str = "inference-header-content-length";
+
+async fn run_infer(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult<Response> {
+    let body = body_or_error(s, body)?;
+    let header_len =
+        match headers.get(HEADER_LEN) {
+            None => None,
+            Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ServeError::invalid(format!("{HEADER_LEN} must be a non-negative integer, got {v:?}"))
+            })?),
+        };
+    let (req, enc) = if header_len == Some(0) {
+        let config = s.engine.model_config(model, version)?;
+        (decode_raw_request(model, version, &config, body)?, OutputEncoding { all_binary: true })
+    } else {
+        decode_request(model, version, body, header_len)?
+    };
+    let requested = req.outputs.clone();
+    let answer = s.engine.infer_timed(req).await?;
+    let (body, json_len) = encode_response(&answer.response, &requested, &enc);
+    let mut resp = Response::new(axum::body::Body::from(body));
+    let h = resp.headers_mut();
+    match json_len {
+        Some(n) => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            h.insert(HEADER_LEN, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    h.insert("sluice-queue-time-us", HeaderValue::from(answer.timings.queue_ns / 1000));
+    let compute = answer.timings.compute_input_ns + answer.timings.compute_infer_ns + answer.timings.compute_output_ns;
+    h.insert("sluice-compute-time-us", HeaderValue::from(compute / 1000));
+    Ok(resp)
+}
+
+fn json_body(body: &Bytes) -> HttpResult<Value> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| HttpError(ServeError::invalid(format!("failed to parse the request JSON: {e}"))))
+}
+
+async fn repository_index(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> HttpResult<Response> {
+    let body = json_body(&body_or_error(&s, body)?)?;
+    let ready = body.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    Ok(Json(s.engine.repository_index(ready)).into_response())
+}
+
+async fn load_model(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult<Response> {
+    let body = json_body(&body_or_error(&s, body)?)?;
+    let mut ov = LoadOverride::default();
+    if let Some(params) = body.get("parameters").and_then(Value::as_object) {
+        for (k, v) in params {
+            if k == "config" {
+                ov.config_json = Some(match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            } else if let Some(path) = k.strip_prefix("file:") {
+                let b64 = v
+                    .as_str()
+                    .ok_or_else(|| ServeError::invalid(format!("parameter '{k}' must be a base64 string")))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| ServeError::invalid(format!("parameter '{k}' is not valid base64: {e}")))?;
+                ov.files.insert(path.to_string(), bytes);
+            }
+        }
+    }
+    if !ov.files.is_empty() && ov.config_json.is_none() {
+        return Err(ServeError::invalid("loading model files inline needs a 'config' parameter too").into());
+    }
+    let ov = (ov.config_json.is_some() || !ov.files.is_empty()).then_some(ov);
+    s.engine.load_model(&model, ov).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn unload_model(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> HttpResult<Response> {
+    let body = json_body(&body_or_error(&s, body)?)?;
+    let dependents = body.pointer("/parameters/unload_dependents").and_then(Value::as_bool).unwrap_or(false);
+    s.engine.unload_model(&model, dependents).await?;
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,0 +1,11 @@
+//! The server: the [`engine::Engine`] façade that both edges call, the HTTP edge (axum), the
+//! gRPC edge (tonic), Prometheus metrics, and start-up and graceful shutdown.
+
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod server;
+
+pub use engine::Engine;
+pub use server::{build_engine, start, EngineOptions, RunningServer, ServerConfig};

@@ -1,0 +1,127 @@
+//! Prometheus text exposition on the metrics port: Triton's `nv_inference_*` families (so
+//! NVIDIA's dashboards and the queue-time autoscaling recipe work unchanged) and `sluice_*`
+//! latency histograms in seconds. Rendered at scrape time from the per-version counters.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+use sluice_repository::ModelRepository;
+use sluice_scheduler::stats::Histogram;
+use sluice_scheduler::ModelStats;
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    value: fn(&ModelStats) -> i64,
+}
+
+fn us(d: &sluice_scheduler::stats::Duration) -> i64 {
+    (d.get().ns / 1000) as i64
+}
+
+const FAMILIES: [Family; 9] = [
+    Family {
+        name: "nv_inference_request_success",
+        help: "Number of successful inference requests, all batch sizes",
+        kind: "counter",
+        value: |s| s.success.get().count as i64,
+    },
+    Family {
+        name: "nv_inference_count",
+        help: "Number of inferences performed (a batch of n counts n)",
+        kind: "counter",
+        value: |s| s.inference_count.load(Relaxed) as i64,
+    },
+    Family {
+        name: "nv_inference_exec_count",
+        help: "Number of model executions performed (batches)",
+        kind: "counter",
+        value: |s| s.execution_count.load(Relaxed) as i64,
+    },
+    Family {
+        name: "nv_inference_pending_request_count",
+        help: "Instantaneous number of pending requests awaiting execution",
+        kind: "gauge",
+        value: |s| s.pending.load(Relaxed).max(0),
+    },
+    Family {
+        name: "nv_inference_request_duration_us",
+        help: "Cumulative inference request duration in microseconds",
+        kind: "counter",
+        value: |s| ((s.success.get().ns + s.fail.get().ns) / 1000) as i64,
+    },
+    Family {
+        name: "nv_inference_queue_duration_us",
+        help: "Cumulative inference queuing duration in microseconds",
+        kind: "counter",
+        value: |s| us(&s.queue),
+    },
+    Family {
+        name: "nv_inference_compute_input_duration_us",
+        help: "Cumulative compute input duration in microseconds",
+        kind: "counter",
+        value: |s| us(&s.compute_input),
+    },
+    Family {
+        name: "nv_inference_compute_infer_duration_us",
+        help: "Cumulative compute inference duration in microseconds",
+        kind: "counter",
+        value: |s| us(&s.compute_infer),
+    },
+    Family {
+        name: "nv_inference_compute_output_duration_us",
+        help: "Cumulative inference compute output duration in microseconds",
+        kind: "counter",
+        value: |s| us(&s.compute_output),
+    },
+];
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, count, sum) = h.snapshot();
+    for (le, c) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
+
+/// Renders every metric of every ready model version.
+pub fn render(repo: &ModelRepository) -> String {
+    let versions = repo.all_ready();
+    let mut out = String::with_capacity(4096);
+    let labels: Vec<String> =
+        versions.iter().map(|v| format!("model=\"{}\",version=\"{}\"", escape(&v.name), v.version)).collect();
+    let _ = writeln!(out, "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes");
+    let _ = writeln!(out, "# TYPE nv_inference_request_failure counter");
+    for (v, l) in versions.iter().zip(&labels) {
+        for (reason, n) in v.stats().failures() {
+            let _ = writeln!(out, "nv_inference_request_failure{{{l},reason=\"{reason}\"}} {n}");
+        }
+    }
+    for f in &FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (v, l) in versions.iter().zip(&labels) {
+            let _ = writeln!(out, "{}{{{l}}} {}", f.name, (f.value)(v.stats()));
+        }
+    }
+    let hists: [(&str, &str, fn(&ModelStats) -> &Histogram); 3] = [
+        ("sluice_request_duration_seconds", "End-to-end inference request latency", |s| &s.request_latency),
+        ("sluice_queue_duration_seconds", "Time requests wait in the queue", |s| &s.queue_latency),
+        ("sluice_compute_duration_seconds", "Time of one model execution (a batch)", |s| &s.compute_latency),
+    ];
+    for (name, help, get) in hists {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (v, l) in versions.iter().zip(&labels) {
+            histogram(&mut out, name, l, get(v.stats()));
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,167 @@
+//! Starting and stopping the three listeners (HTTP, gRPC, metrics) around one engine, with a
+//! graceful drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::engine::Engine;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub grace_period: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            http_port: 8000,
+            grpc_port: 8001,
+            metrics_port: 8002,
+            max_body_bytes: 64 << 20,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running server: its bound addresses and the handle to stop it.
+pub struct RunningServer {
+    pub engine: Arc<Engine>,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    grace: Duration,
+}
+
+async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for {what} on {host}:{port}"))
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Binds all listeners (port 0 picks a free port) and starts serving.
+pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<RunningServer> {
+    let http = bind(&cfg.host, cfg.http_port, "HTTP").await?;
+    let grpc = bind(&cfg.host, cfg.grpc_port, "gRPC").await?;
+    let metrics = bind(&cfg.host, cfg.metrics_port, "metrics").await?;
+    let (stop, rx) = watch::channel(false);
+    let addrs = (http.local_addr()?, grpc.local_addr()?, metrics.local_addr()?);
+
+    let app = crate::http::router(engine.clone(), cfg.max_body_bytes);
+    let http_task = tokio::spawn({
+        let rx = rx.clone();
+        async move { axum::serve(http, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP server failed") }
+    });
+    let grpc_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
+        drop(grpc);
+        Ok(())
+    }); // TEMP
+    let repo = engine.repository().clone();
+    let metrics_app =
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let repo = repo.clone();
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&repo))
+                }
+            }),
+        );
+    let metrics_task = tokio::spawn({
+        let rx = rx.clone();
+        async move {
+            axum::serve(metrics, metrics_app).with_graceful_shutdown(stopped(rx)).await.context("metrics server failed")
+        }
+    });
+    tracing::info!(http = %addrs.0, grpc = %addrs.1, metrics = %addrs.2, "sluice is listening");
+    Ok(RunningServer {
+        engine,
+        http_addr: addrs.0,
+        grpc_addr: addrs.1,
+        metrics_addr: addrs.2,
+        stop,
+        tasks: vec![http_task, grpc_task, metrics_task],
+        grace: cfg.grace_period,
+    })
+}
+
+impl RunningServer {
+    /// Readiness goes false, listeners stop accepting, in-flight requests finish (up to the
+    /// grace period), then models are unloaded.
+    pub async fn shutdown(self) {
+        self.engine.start_draining();
+        let _ = self.stop.send(true);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!("grace period over; stopping with requests still in flight");
+        }
+        self.engine.repository().unload_all().await;
+    }
+}
+
+/// What a server needs to build its engine.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub model_repositories: Vec<std::path::PathBuf>,
+    pub control_mode: sluice_repository::ControlMode,
+    pub load_models: Vec<String>,
+    pub onnxruntime_lib: Option<std::path::PathBuf>,
+    /// ONNX Runtime intra-op threads per instance (0 = ONNX Runtime's default).
+    pub intra_op_threads: usize,
+    pub queue_capacity: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            model_repositories: vec![],
+            control_mode: sluice_repository::ControlMode::None,
+            load_models: vec![],
+            onnxruntime_lib: None,
+            intra_op_threads: 0,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// Loads ONNX Runtime, starts the repository and loads the models the control mode asks for.
+/// A model that fails to load is reported in the repository index; it does not stop the others.
+pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
+    let lib = sluice_backend::onnx::find_library(opts.onnxruntime_lib.as_deref())?;
+    sluice_backend::onnx::init_runtime(&lib)?;
+    tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
+    let mut backends = sluice_backend::BackendRegistry::new();
+    backends.register(Arc::new(sluice_backend::onnx::OnnxBackend::new(opts.intra_op_threads)));
+    for root in &opts.model_repositories {
+        anyhow::ensure!(root.is_dir(), "model repository {} is not a directory", root.display());
+    }
+    let repo = sluice_repository::ModelRepository::start(sluice_repository::RepositoryOptions {
+        roots: opts.model_repositories.clone(),
+        control_mode: opts.control_mode,
+        startup_models: opts.load_models.clone(),
+        backends,
+        queue_capacity: opts.queue_capacity,
+    });
+    repo.load_startup_models().await?;
+    Ok(Engine::new(repo))
+}

@@ -1,0 +1,239 @@
+//! The HTTP edge end to end: a real server in-process, real ONNX Runtime, reqwest as client.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sluice_server::{EngineOptions, ServerConfig};
+
+fn add_sub_body(rows: usize) -> Value {
+    let a: Vec<f32> = (0..16 * rows).map(|i| i as f32).collect();
+    let b: Vec<f32> = vec![1.0; 16 * rows];
+    json!({
+        "id": "req-1",
+        "inputs": [
+            {"name": "INPUT0", "shape": [rows, 16], "datatype": "FP32", "data": a},
+            {"name": "INPUT1", "shape": [rows, 16], "datatype": "FP32", "data": b}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn http_end_to_end() {
+    let repo = standard_repo();
+    let server = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", server.http_addr);
+    let c = reqwest::Client::new();
+
+    // Health and metadata. The broken model does not stop the others; readiness in mode none
+    // needs every model, so the server reports not ready while `broken` cannot load.
+    assert_eq!(c.get(format!("{base}/v2/health/live")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/v2/health/ready")).send().await.unwrap().status(), 503);
+    let meta: Value = c.get(format!("{base}/v2")).send().await.unwrap().json().await.unwrap();
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("binary_tensor_data")));
+    let m: Value = c.get(format!("{base}/v2/models/add_sub")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["inputs"][0], json!({"name": "INPUT0", "datatype": "FP32", "shape": [-1, 16]}));
+    assert_eq!(m["versions"], json!(["1"]));
+    let m: Value = c.get(format!("{base}/v2/models/strings/versions/1")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["inputs"][0]["datatype"], "BYTES");
+    assert_eq!(c.get(format!("{base}/v2/models/add_sub/ready")).send().await.unwrap().status(), 200);
+
+    // The broken model is in the index with its reason.
+    let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+    let broken = index.as_array().unwrap().iter().find(|e| e["name"] == "broken").unwrap();
+    assert_eq!(broken["state"], "UNAVAILABLE");
+    assert!(broken["reason"].as_str().unwrap().contains("broken"), "{broken}");
+
+    // JSON inference, with the id echoed and the answer computed.
+    let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&add_sub_body(2)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("sluice-queue-time-us"));
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out["id"], "req-1");
+    assert_eq!(out["model_version"], "1");
+    assert_eq!(out["outputs"][0]["name"], "OUTPUT0");
+    assert_eq!(out["outputs"][0]["shape"], json!([2, 16]));
+    assert_eq!(out["outputs"][0]["data"][31], json!(32.0));
+    assert_eq!(out["outputs"][1]["data"][5], json!(4.0));
+
+    // Requested subset, binary output for it, versioned path.
+    let mut body = add_sub_body(1);
+    body["outputs"] = json!([{"name": "OUTPUT1", "parameters": {"binary_data": true}}]);
+    let r = c.post(format!("{base}/v2/models/add_sub/versions/1/infer")).json(&body).send().await.unwrap();
+    let hlen: usize = r.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let head: Value = serde_json::from_slice(&bytes[..hlen]).unwrap();
+    assert_eq!(head["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 64);
+    let vals: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[hlen..]);
+    assert_eq!(vals, (0..16).map(|i| i as f32 - 1.0).collect::<Vec<_>>());
+
+    // Binary inputs.
+    let head = json!({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}],
+        "parameters": {"binary_data_output": false}});
+    let head = serde_json::to_vec(&head).unwrap();
+    let mut raw = head.clone();
+    raw.extend_from_slice(bytemuck::cast_slice(&[2f32; 16]));
+    raw.extend_from_slice(bytemuck::cast_slice(&[3f32; 16]));
+    let r = c
+        .post(format!("{base}/v2/models/add_sub/infer"))
+        .header("Inference-Header-Content-Length", head.len())
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    let out: Value = r.json().await.unwrap();
+    assert_eq!(out["outputs"][0]["data"][0], json!(5.0));
+    assert_eq!(out["outputs"][1]["data"][0], json!(-1.0));
+
+    // BYTES through JSON.
+    let r: Value = c
+        .post(format!("{base}/v2/models/strings/infer"))
+        .json(&json!({"inputs": [{"name": "IN", "shape": [2, 1], "datatype": "BYTES", "data": ["héllo", "wörld"]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outputs"][0]["data"], json!(["héllo", "wörld"]));
+
+    // Errors name the tensor, the expected and the actual.
+    let err = |status: u16, v: Value| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&v).send().await.unwrap();
+            assert_eq!(r.status(), status);
+            r.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string()
+        }
+    };
+    let mut bad = add_sub_body(1);
+    bad["inputs"][0]["shape"] = json!([2, 8]);
+    let e = err(400, bad).await;
+    assert!(e.contains("INPUT0") && e.contains("[-1,16]") && e.contains("[2,8]"), "{e}");
+    let mut bad = add_sub_body(1);
+    bad["inputs"][1] = json!({"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]});
+    let e = err(400, bad).await;
+    assert!(e.contains("INPUT1") && e.contains("FP32") && e.contains("INT32"), "{e}");
+    let mut bad = add_sub_body(1);
+    bad["inputs"].as_array_mut().unwrap().pop();
+    let e = err(400, bad).await;
+    assert!(e.contains("INPUT1") && e.contains("missing"), "{e}");
+    let mut bad = add_sub_body(1);
+    bad["inputs"][0]["data"] = json!([1, 2, 3]);
+    let e = err(400, bad).await;
+    assert!(e.contains("INPUT0") && e.contains("16") && e.contains("got 3"), "{e}");
+
+    let r = c.post(format!("{base}/v2/models/add_sub/infer")).body("{\"inputs\": [").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("JSON"));
+    let r = c.post(format!("{base}/v2/models/nope/infer")).json(&add_sub_body(1)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("nope"));
+    let r = c.post(format!("{base}/v2/models/add_sub/versions/7/infer")).json(&add_sub_body(1)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Statistics and metrics count what happened.
+    let s: Value = c.get(format!("{base}/v2/models/add_sub/stats")).send().await.unwrap().json().await.unwrap();
+    let st = &s["model_stats"][0];
+    assert_eq!(st["inference_stats"]["success"]["count"], 3);
+    assert_eq!(st["inference_count"], 4, "batch of 2 + two of 1");
+    assert!(st["inference_stats"]["fail"]["count"].as_u64().unwrap() >= 3, "shape, datatype and missing-input failures");
+    let metrics = c.get(format!("http://{}/metrics", server.metrics_addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("nv_inference_request_success{model=\"add_sub\",version=\"1\"} 3"), "{metrics}");
+    assert!(metrics.contains("nv_inference_request_failure{model=\"add_sub\",version=\"1\",reason=\"OTHER\"}"));
+    assert!(metrics.contains("sluice_request_duration_seconds_bucket{model=\"add_sub\",version=\"1\",le=\"+Inf\"} 3"));
+
+    // Config endpoint (perf_analyzer needs it).
+    let cfg: Value = c.get(format!("{base}/v2/models/add_sub/config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cfg["max_batch_size"], 8);
+    assert_eq!(cfg["input"][1]["dims"], json!([16]));
+
+    // Unload then load through the repository API.
+    let r = c.post(format!("{base}/v2/repository/models/add_sub/unload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(c.get(format!("{base}/v2/models/add_sub/ready")).send().await.unwrap().status(), 503);
+    let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&add_sub_body(1)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = c.post(format!("{base}/v2/repository/models/add_sub/load")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&add_sub_body(1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.post(format!("{base}/v2/repository/models/missing/load")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn body_limit_answers_413() {
+    let repo = standard_repo();
+    let cfg = ServerConfig { max_body_bytes: 1024, ..Default::default() };
+    let server = start_server(repo.path(), EngineOptions::default(), cfg).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("http://{}/v2/models/add_sub/infer", server.http_addr))
+        .json(&add_sub_body(8))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("1024"), "{e}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_binary_request() {
+    let dir = tempfile::tempdir().unwrap();
+    add_model(dir.path(), "id32", 1, "identity_int32.onnx", None);
+    let server = start_server(dir.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let c = reqwest::Client::new();
+    let cfg: Value =
+        c.get(format!("http://{}/v2/models/id32/config", server.http_addr)).send().await.unwrap().json().await.unwrap();
+    let r = c
+        .post(format!("http://{}/v2/models/id32/infer", server.http_addr))
+        .header("Inference-Header-Content-Length", "0")
+        .body(bytemuck::cast_slice::<i32, u8>(&[7, 8]).to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let hlen: Option<usize> =
+        r.headers().get("inference-header-content-length").map(|v| v.to_str().unwrap().parse().unwrap());
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(status, 200, "{cfg} {}", String::from_utf8_lossy(&bytes));
+    let hlen = hlen.unwrap();
+    let vals: Vec<i32> = bytemuck::pod_collect_to_vec(&bytes[hlen..]);
+    assert_eq!(vals, vec![7, 8]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn explicit_mode_loads_only_named_models() {
+    let repo = standard_repo();
+    let opts = EngineOptions {
+        control_mode: sluice_repository::ControlMode::Explicit,
+        load_models: vec!["add_sub".into()],
+        ..Default::default()
+    };
+    let server = start_server(repo.path(), opts, ServerConfig::default()).await;
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", server.http_addr);
+    assert_eq!(c.get(format!("{base}/v2/health/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 503);
+    let index: Value = c
+        .post(format!("{base}/v2/repository/index"))
+        .json(&json!({"ready": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(index.as_array().unwrap().len(), 1);
+    assert_eq!(index[0]["name"], "add_sub");
+    server.shutdown().await;
+}
