@@ -168,8 +168,9 @@ def split_hostport(hp: str) -> tuple[str, int]:
 def run_python(target: str, url: str, mode: str, concurrency: int, args) -> Result:
     res = Result(target, mode, concurrency, "python")
     verify = target == "sluice" and not args.no_verify
-    barrier = threading.Barrier(concurrency + 1)
     t_begin = [0.0]
+    # Workers connect (and check one answer) first; the clock starts when all are ready.
+    barrier = threading.Barrier(concurrency + 1, action=lambda: t_begin.__setitem__(0, time.perf_counter()))
     records: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     first_error: list[str] = []
@@ -262,7 +263,6 @@ def run_python(target: str, url: str, mode: str, concurrency: int, args) -> Resu
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
         t.start()
-    t_begin[0] = time.perf_counter()
     barrier.wait()
     for t in threads:
         t.join(args.warmup + args.seconds + 60)

@@ -72,7 +72,12 @@ apt_install() {
 # 1. Python virtual environment
 if [[ ! -x "$py" ]]; then
     log "creating $venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv"; then
+        # Debian's own python3 needs python3-venv for ensurepip.
+        rm -rf "$venv"
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
 fi
 stamp="$venv/.sluice-requirements.sha256"
 want="$(sha256sum "$reqs" | cut -d' ' -f1)"

@@ -62,6 +62,8 @@ pub struct ModelRecord {
     /// Set when the model as a whole could not be loaded (bad config, no versions).
     pub state: ModelState,
     pub reason: String,
+    /// What the model directory looked like when it was last loaded (poll mode compares).
+    pub fingerprint: u64,
 }
 
 impl ModelRecord {
@@ -84,6 +86,7 @@ enum Command {
     Load { name: String, ov: Option<LoadOverride>, reply: oneshot::Sender<Result<(), ServeError>> },
     Unload { name: String, reply: oneshot::Sender<Result<(), ServeError>> },
     Startup { reply: oneshot::Sender<()> },
+    Poll { reply: oneshot::Sender<()> },
     UnloadAll { reply: oneshot::Sender<()> },
 }
 
@@ -132,6 +135,28 @@ impl ModelRepository {
     /// Unloads a model after its in-flight requests finish.
     pub async fn unload(&self, name: &str) -> Result<(), ServeError> {
         self.call(|reply| Command::Unload { name: name.to_string(), reply }).await?
+    }
+
+    /// Poll mode: loads added models, reloads changed ones, unloads removed ones.
+    pub async fn poll(&self) {
+        let _ = self.call(|reply| Command::Poll { reply }).await;
+    }
+
+    /// Starts the poll loop (poll mode only): one [`ModelRepository::poll`] every `every`.
+    pub fn spawn_poller(&self, every: std::time::Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if self.opts.control_mode != ControlMode::Poll {
+            return None;
+        }
+        let repo = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                repo.poll().await;
+            }
+        }))
     }
 
     pub async fn unload_all(&self) {
@@ -212,7 +237,7 @@ impl ModelRepository {
                     name: name.clone(),
                     version: v.to_string(),
                     state: s.state,
-                    reason: s.reason.clone(),
+                    reason: if s.reason.is_empty() { rec.reason.clone() } else { s.reason.clone() },
                 })),
             }
         }
@@ -239,6 +264,31 @@ pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// A hash of every file's path, size and modification time under a model directory.
+pub fn fingerprint(model_dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::metadata(&p) else { continue };
+            if md.is_dir() {
+                if depth < 4 {
+                    walk(&p, depth + 1, out);
+                }
+            } else {
+                out.push((p, md.len(), md.modified().ok()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(model_dir, 0, &mut files);
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
 }
 
 fn version_dirs(model_dir: &Path) -> Vec<u64> {
@@ -288,6 +338,10 @@ impl Actor {
                     }
                     let _ = reply.send(());
                 }
+                Command::Poll { reply } => {
+                    self.poll().await;
+                    let _ = reply.send(());
+                }
                 Command::UnloadAll { reply } => {
                     let names: Vec<String> = self.table.keys().cloned().collect();
                     for name in names {
@@ -311,12 +365,15 @@ impl Actor {
         if name.is_empty() || name.contains('/') || name.contains("..") {
             return Err(ServeError::invalid(format!("invalid model name '{name}'")));
         }
+        let fingerprint = self.find_model_dir(name).map(|d| fingerprint(&d)).unwrap_or(0);
         let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord {
             name: name.to_string(),
             versions: BTreeMap::new(),
             state: ModelState::Loading,
             reason: String::new(),
+            fingerprint: 0,
         });
+        rec.fingerprint = fingerprint;
         if rec.versions.is_empty() {
             rec.state = ModelState::Loading;
             rec.reason.clear();
@@ -437,6 +494,30 @@ impl Actor {
         self.publish();
         for s in old {
             s.runner.shutdown().await;
+        }
+    }
+
+    async fn poll(&mut self) {
+        let present = scan_model_names(&self.opts.roots);
+        for name in &present {
+            let changed = match self.table.get(name) {
+                None => true,
+                Some(rec) => self.find_model_dir(name).map(|d| fingerprint(&d)) != Some(rec.fingerprint),
+            };
+            if changed {
+                tracing::info!(model = %name, "repository changed: loading");
+                if let Err(e) = self.load(name, None).await {
+                    tracing::warn!(model = %name, error = %e, "poll: load failed");
+                }
+            }
+        }
+        let gone: Vec<String> =
+            self.table.iter().filter(|(n, _)| !present.contains(n)).map(|(n, _)| n.clone()).collect();
+        for name in gone {
+            tracing::info!(model = %name, "removed from the repository: unloading");
+            let _ = self.unload(&name).await;
+            self.table.remove(&name);
+            self.publish();
         }
     }
 

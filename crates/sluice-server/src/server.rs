@@ -129,6 +129,8 @@ pub struct EngineOptions {
     /// ONNX Runtime intra-op threads per instance (0 = ONNX Runtime's default).
     pub intra_op_threads: usize,
     pub queue_capacity: usize,
+    /// How often poll mode rescans the repositories.
+    pub poll_interval: Duration,
 }
 
 impl Default for EngineOptions {
@@ -140,6 +142,7 @@ impl Default for EngineOptions {
             onnxruntime_lib: None,
             intra_op_threads: 0,
             queue_capacity: 1024,
+            poll_interval: Duration::from_secs(15),
         }
     }
 }
@@ -163,5 +166,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
         queue_capacity: opts.queue_capacity,
     });
     repo.load_startup_models().await?;
+    // The poller lives as long as the runtime; nothing needs to join it.
+    drop(repo.spawn_poller(opts.poll_interval));
     Ok(Engine::new(repo))
 }

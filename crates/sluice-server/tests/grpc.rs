@@ -35,8 +35,8 @@ fn runtime() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let lib = onnx::find_library(None).or_else(|e| {
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../.venv/lib/python3.11/site-packages/onnxruntime/capi");
+            let venv =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib/python3.11/site-packages/onnxruntime/capi");
             onnx::find_library(Some(&venv)).map_err(|_| e)
         });
         let lib = lib.unwrap_or_else(|e| panic!("these tests need ONNX Runtime: {e}"));
@@ -132,7 +132,10 @@ fn typed_request(id: &str, a: Vec<f32>, b: Vec<f32>) -> pb::ModelInferRequest {
     }
 }
 
-fn output<'a>(resp: &'a pb::ModelInferResponse, name: &str) -> (&'a pb::model_infer_response::InferOutputTensor, Vec<f32>) {
+fn output<'a>(
+    resp: &'a pb::ModelInferResponse,
+    name: &str,
+) -> (&'a pb::model_infer_response::InferOutputTensor, Vec<f32>) {
     let i = resp.outputs.iter().position(|o| o.name == name).unwrap_or_else(|| panic!("no output {name}"));
     (&resp.outputs[i], f32s(&resp.raw_output_contents[i]))
 }
@@ -164,7 +167,8 @@ async fn health_and_metadata() {
     assert_eq!(m.inputs.len(), 2);
     let in0 = m.inputs.iter().find(|t| t.name == "INPUT0").unwrap();
     assert_eq!((in0.datatype.as_str(), in0.shape.clone()), ("FP32", vec![-1, 16]));
-    let e = c.model_metadata(pb::ModelMetadataRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
+    let e =
+        c.model_metadata(pb::ModelMetadataRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     // gRPC health follows the engine's readiness.
@@ -393,10 +397,7 @@ async fn model_config_is_triton_shaped() {
         cfg.version_policy.and_then(|p| p.policy_choice),
         Some(pb::model_version_policy::PolicyChoice::Latest(pb::model_version_policy::Latest { num_versions: 1 }))
     ));
-    let e = c
-        .model_config(pb::ModelConfigRequest { name: "nope".into(), version: String::new() })
-        .await
-        .unwrap_err();
+    let e = c.model_config(pb::ModelConfigRequest { name: "nope".into(), version: String::new() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     server.shutdown().await;
 }
@@ -480,14 +481,12 @@ async fn routes_serve_with_a_custom_server() {
     let addr = listener.local_addr().unwrap();
     let routes = sluice_server::grpc::routes(server.engine.clone());
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stopped.await;
-            },
-        ),
-    );
+    let task = tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let mut c = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
     assert!(c.server_live(pb::ServerLiveRequest {}).await.unwrap().into_inner().live);
     let _ = stop.send(());

@@ -140,7 +140,10 @@ async fn http_end_to_end() {
     let st = &s["model_stats"][0];
     assert_eq!(st["inference_stats"]["success"]["count"], 3);
     assert_eq!(st["inference_count"], 4, "batch of 2 + two of 1");
-    assert!(st["inference_stats"]["fail"]["count"].as_u64().unwrap() >= 3, "shape, datatype and missing-input failures");
+    assert!(
+        st["inference_stats"]["fail"]["count"].as_u64().unwrap() >= 3,
+        "shape, datatype and missing-input failures"
+    );
     let metrics = c.get(format!("http://{}/metrics", server.metrics_addr)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("nv_inference_request_success{model=\"add_sub\",version=\"1\"} 3"), "{metrics}");
     assert!(metrics.contains("nv_inference_request_failure{model=\"add_sub\",version=\"1\",reason=\"OTHER\"}"));
@@ -235,5 +238,52 @@ async fn explicit_mode_loads_only_named_models() {
         .unwrap();
     assert_eq!(index.as_array().unwrap().len(), 1);
     assert_eq!(index[0]["name"], "add_sub");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn poll_mode_follows_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    add_model(dir.path(), "add_sub", 1, "add_sub.onnx", Some(ADD_SUB_CONFIG));
+    let opts = EngineOptions { control_mode: sluice_repository::ControlMode::Poll, ..Default::default() };
+    let server = start_server(dir.path(), opts, ServerConfig::default()).await;
+    let repo = server.engine.repository().clone();
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", server.http_addr);
+    let config = |m: &'static str| {
+        let (c, base) = (c.clone(), base.clone());
+        async move { c.get(format!("{base}/v2/models/{m}/config")).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    // An added model is loaded.
+    add_model(dir.path(), "strings", 1, "identity_string.onnx", None);
+    repo.poll().await;
+    assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 200);
+
+    // A changed config is reloaded; a new version takes over.
+    std::fs::write(
+        dir.path().join("add_sub/config.pbtxt"),
+        ADD_SUB_CONFIG.replace("max_batch_size: 8", "max_batch_size: 4"),
+    )
+    .unwrap();
+    add_model(dir.path(), "add_sub", 2, "add_sub.onnx", None);
+    repo.poll().await;
+    assert_eq!(config("add_sub").await["max_batch_size"], 4);
+    let m: Value = c.get(format!("{base}/v2/models/add_sub")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["versions"], json!(["2"]));
+
+    // A broken reload keeps the old version serving, and the index says why.
+    std::fs::write(dir.path().join("add_sub/config.pbtxt"), "max_batch_size: {").unwrap();
+    repo.poll().await;
+    assert_eq!(config("add_sub").await["max_batch_size"], 4);
+    let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+    let e = index.as_array().unwrap().iter().find(|e| e["name"] == "add_sub").unwrap();
+    assert_eq!(e["state"], "READY");
+    assert!(e["reason"].as_str().unwrap().contains("reload failed"), "{e}");
+
+    // A removed model is unloaded.
+    std::fs::remove_dir_all(dir.path().join("strings")).unwrap();
+    repo.poll().await;
+    assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 503);
     server.shutdown().await;
 }

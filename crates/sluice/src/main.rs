@@ -57,6 +57,9 @@ struct ServeArgs {
     /// When models are loaded.
     #[arg(long, env = "SLUICE_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
     model_control_mode: ControlMode,
+    /// Seconds between repository scans in poll mode.
+    #[arg(long, env = "SLUICE_REPOSITORY_POLL_SECS", default_value_t = 15)]
+    repository_poll_secs: u64,
     /// Model to load at start in explicit mode (repeatable).
     #[arg(long = "load-model", env = "SLUICE_LOAD_MODEL", value_delimiter = ',')]
     load_model: Vec<String>,
@@ -100,6 +103,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         onnxruntime_lib: args.onnxruntime_lib,
         intra_op_threads: args.onnx_intra_op_threads,
         queue_capacity: args.max_queue_size,
+        poll_interval: Duration::from_secs(args.repository_poll_secs.max(1)),
     };
     let engine = sluice_server::build_engine(&opts).await?;
     let cfg = ServerConfig {

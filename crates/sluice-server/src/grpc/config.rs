@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use sluice_types::api::{BatchStats, IndexEntry, InferenceStats, ModelMetadata, ModelStatistics, StatDuration, TensorMetadata};
+use sluice_types::api::{
+    BatchStats, IndexEntry, InferenceStats, ModelMetadata, ModelStatistics, StatDuration, TensorMetadata,
+};
 use sluice_types::config::{DynamicBatching, InstanceGroup, QueuePolicy, TensorConfig, VersionPolicy};
 use sluice_types::{DataType, ModelConfig};
 
@@ -79,7 +81,8 @@ fn version_policy(p: &VersionPolicy) -> pb::ModelVersionPolicy {
 
 fn queue_policy(q: &QueuePolicy) -> pb::ModelQueuePolicy {
     use pb::model_queue_policy::TimeoutAction;
-    let action = if q.timeout_action.eq_ignore_ascii_case("DELAY") { TimeoutAction::Delay } else { TimeoutAction::Reject };
+    let action =
+        if q.timeout_action.eq_ignore_ascii_case("DELAY") { TimeoutAction::Delay } else { TimeoutAction::Reject };
     pb::ModelQueuePolicy {
         timeout_action: action as i32,
         default_timeout_microseconds: q.default_timeout_microseconds,
@@ -228,7 +231,11 @@ pub fn statistics(s: &ModelStatistics) -> pb::ModelStatistics {
 }
 
 fn tensor_metadata(t: &TensorMetadata) -> pb::model_metadata_response::TensorMetadata {
-    pb::model_metadata_response::TensorMetadata { name: t.name.clone(), datatype: t.datatype.clone(), shape: t.shape.clone() }
+    pb::model_metadata_response::TensorMetadata {
+        name: t.name.clone(),
+        datatype: t.datatype.clone(),
+        shape: t.shape.clone(),
+    }
 }
 
 pub fn model_metadata(m: &ModelMetadata) -> pb::ModelMetadataResponse {

@@ -27,9 +27,10 @@ pub fn params_from_pb(map: HashMap<String, pb::InferParameter>) -> Result<Parame
             Some(ParameterChoice::Int64Param(i)) => Value::from(i),
             Some(ParameterChoice::Uint64Param(u)) => Value::from(u),
             Some(ParameterChoice::StringParam(s)) => Value::String(s),
-            Some(ParameterChoice::DoubleParam(d)) => Value::Number(Number::from_f64(d).ok_or_else(|| {
-                ServeError::invalid(format!("parameter '{key}': {d} is not a finite number"))
-            })?),
+            Some(ParameterChoice::DoubleParam(d)) => Value::Number(
+                Number::from_f64(d)
+                    .ok_or_else(|| ServeError::invalid(format!("parameter '{key}': {d} is not a finite number")))?,
+            ),
         };
         out.insert(key, value);
     }
@@ -71,7 +72,11 @@ pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest, ServeEr
                 inputs.len()
             )));
         }
-        inputs.into_iter().zip(raw_input_contents).map(|(input, raw)| raw_input(input, raw)).collect::<Result<Vec<_>, _>>()?
+        inputs
+            .into_iter()
+            .zip(raw_input_contents)
+            .map(|(input, raw)| raw_input(input, raw))
+            .collect::<Result<Vec<_>, _>>()?
     };
     let outputs = outputs
         .into_iter()
@@ -112,9 +117,8 @@ pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
 }
 
 fn datatype(input: &InferInputTensor) -> Result<DataType, ServeError> {
-    DataType::parse(&input.datatype).ok_or_else(|| {
-        ServeError::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
-    })
+    DataType::parse(&input.datatype)
+        .ok_or_else(|| ServeError::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))
 }
 
 /// How many elements each field of a `contents` holds, by field name.
@@ -236,12 +240,7 @@ mod tests {
     }
 
     fn request(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> pb::ModelInferRequest {
-        pb::ModelInferRequest {
-            model_name: "m".into(),
-            inputs,
-            raw_input_contents: raw,
-            ..Default::default()
-        }
+        pb::ModelInferRequest { model_name: "m".into(), inputs, raw_input_contents: raw, ..Default::default() }
     }
 
     fn invalid(r: Result<InferRequest, ServeError>) -> String {

@@ -45,11 +45,10 @@ pub fn routes(engine: Arc<Engine>) -> Routes {
 }
 
 fn routes_with(engine: Arc<Engine>, max_message_bytes: usize, closing: Option<watch::Receiver<bool>>) -> Routes {
-    let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(InferenceService::new(
-        engine.clone(),
-    ))
-    .max_decoding_message_size(max_message_bytes)
-    .max_encoding_message_size(max_message_bytes);
+    let inference =
+        pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(InferenceService::new(engine.clone()))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
     let health = HealthServer::new(EngineHealth::new(engine, closing));
     Routes::new(inference).add_service(health)
 }

@@ -76,7 +76,9 @@ fn load_override(params: HashMap<String, pb::ModelRepositoryParameter>) -> Resul
             any = true;
         } else if let Some(path) = key.strip_prefix("file:") {
             let Some(ParameterChoice::BytesParam(b)) = p.parameter_choice else {
-                return Err(ServeError::invalid(format!("parameter '{key}' must be a bytes_param with the file's content")));
+                return Err(ServeError::invalid(format!(
+                    "parameter '{key}' must be a bytes_param with the file's content"
+                )));
             };
             ov.files.insert(path.to_string(), b.to_vec());
             any = true;
@@ -94,11 +96,17 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerLiveResponse { live: self.engine.live() }))
     }
 
-    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Result<Response<pb::ServerReadyResponse>, Status> {
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         Ok(Response::new(pb::ServerReadyResponse { ready: self.engine.ready() }))
     }
 
-    async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
         Ok(Response::new(pb::ModelReadyResponse { ready: self.engine.model_ready(&r.name, opt(&r.version)) }))
     }
@@ -120,7 +128,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(config::model_metadata(&m)))
     }
 
-    async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // If the client goes away, tonic drops this future, and with it the queued request.
         let resp = infer(&self.engine, request.into_inner()).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(resp))
@@ -151,7 +162,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(Box::pin(answers)))
     }
 
-    async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Result<Response<pb::ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
         let c = self.engine.model_config(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?;
         Ok(Response::new(pb::ModelConfigResponse { config: Some(config::model_config(&c)) }))
@@ -243,11 +257,17 @@ impl GrpcInferenceService for InferenceService {
         Err(unimplemented("CUDA shared memory (CudaSharedMemoryUnregister)"))
     }
 
-    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Result<Response<pb::TraceSettingResponse>, Status> {
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Result<Response<pb::TraceSettingResponse>, Status> {
         Err(unimplemented("tracing (TraceSetting)"))
     }
 
-    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Result<Response<pb::LogSettingsResponse>, Status> {
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Result<Response<pb::LogSettingsResponse>, Status> {
         Err(unimplemented("changing log settings (LogSettings)"))
     }
 }
