@@ -107,7 +107,8 @@ pub fn render(repo: &ModelRepository) -> String {
             let _ = writeln!(out, "{}{{{l}}} {}", f.name, (f.value)(v.stats()));
         }
     }
-    let hists: [(&str, &str, fn(&ModelStats) -> &Histogram); 3] = [
+    type Pick = fn(&ModelStats) -> &Histogram;
+    let hists: [(&str, &str, Pick); 3] = [
         ("sluice_request_duration_seconds", "End-to-end inference request latency", |s| &s.request_latency),
         ("sluice_queue_duration_seconds", "Time requests wait in the queue", |s| &s.queue_latency),
         ("sluice_compute_duration_seconds", "Time of one model execution (a batch)", |s| &s.compute_latency),

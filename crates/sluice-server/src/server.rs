@@ -53,10 +53,8 @@ async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> 
     TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen for {what} on {host}:{port}"))
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Binds all listeners (port 0 picks a free port) and starts serving.
@@ -72,10 +70,7 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
         let rx = rx.clone();
         async move { axum::serve(http, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP server failed") }
     });
-    let grpc_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(async move {
-        drop(grpc);
-        Ok(())
-    }); // TEMP
+    let grpc_task = tokio::spawn(crate::grpc::serve(engine.clone(), grpc, stopped(rx.clone())));
     let repo = engine.repository().clone();
     let metrics_app =
         Router::new().route(

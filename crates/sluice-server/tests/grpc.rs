@@ -493,3 +493,87 @@ async fn routes_serve_with_a_custom_server() {
     task.await.unwrap().unwrap();
     server.shutdown().await;
 }
+
+/// The real `tritonclient.grpc` (from the workspace's `.venv`) against this server: every call
+/// it makes must parse. Skipped when that Python package is not installed.
+const TRITONCLIENT_SCRIPT: &str = r#"
+import sys, queue
+import numpy as np
+import tritonclient.grpc as g
+from tritonclient.utils import InferenceServerException
+
+c = g.InferenceServerClient(sys.argv[1])
+assert c.is_server_live() and c.is_server_ready()
+assert c.is_model_ready("add_sub") and not c.is_model_ready("nope")
+assert c.get_server_metadata().name == "sluice"
+m = c.get_model_metadata("add_sub", as_json=True)
+assert [i["name"] for i in m["inputs"]] == ["INPUT0", "INPUT1"], m
+cfg = c.get_model_config("add_sub", as_json=True)["config"]
+assert cfg["name"] == "add_sub" and cfg["input"][0]["data_type"] == "TYPE_FP32", cfg
+assert "dynamic_batching" in cfg, cfg
+
+a = np.arange(32, dtype=np.float32).reshape(2, 16)
+b = np.ones((2, 16), dtype=np.float32)
+inputs = [g.InferInput("INPUT0", [2, 16], "FP32"), g.InferInput("INPUT1", [2, 16], "FP32")]
+inputs[0].set_data_from_numpy(a)
+inputs[1].set_data_from_numpy(b)
+r = c.infer("add_sub", inputs, request_id="7", outputs=[g.InferRequestedOutput("OUTPUT1")])
+assert r.get_response().id == "7"
+assert np.array_equal(r.as_numpy("OUTPUT1"), a - b)
+assert r.as_numpy("OUTPUT0") is None
+
+try:
+    c.infer("nope", inputs)
+    raise SystemExit("expected an error")
+except InferenceServerException as e:
+    assert e.status() == "StatusCode.NOT_FOUND", e.status()
+
+q = queue.Queue()
+c.start_stream(callback=lambda result, error: q.put((result, error)))
+c.async_stream_infer("add_sub", inputs, request_id="s1")
+c.async_stream_infer("nope", inputs, request_id="s2")
+got = [q.get(timeout=10), q.get(timeout=10)]
+c.stop_stream()
+ok = [r for r, e in got if e is None]
+errs = [e for r, e in got if e is not None]
+assert len(ok) == 1 and len(errs) == 1, got
+assert np.array_equal(ok[0].as_numpy("OUTPUT0"), a + b)
+
+stats = c.get_inference_statistics("add_sub", as_json=True)
+assert int(stats["model_stats"][0]["inference_count"]) >= 4, stats
+idx = c.get_model_repository_index(as_json=True)
+assert idx["models"][0]["name"] == "add_sub", idx
+c.unload_model("add_sub")
+assert not c.is_model_ready("add_sub")
+c.load_model("add_sub")
+assert c.is_model_ready("add_sub")
+try:
+    c.get_system_shared_memory_status()
+    raise SystemExit("expected UNIMPLEMENTED")
+except InferenceServerException as e:
+    assert e.status() == "StatusCode.UNIMPLEMENTED", e.status()
+print("tritonclient ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_tritonclient_understands_the_server() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let has_client = std::process::Command::new(&python)
+        .args(["-c", "import tritonclient.grpc, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_client {
+        eprintln!("skipped: {} cannot import tritonclient.grpc", python.display());
+        return;
+    }
+    let server = Server::start().await;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", TRITONCLIENT_SCRIPT, &server.addr.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("tritonclient ok"), "{text}");
+    eprintln!("{}", text.trim());
+    server.shutdown().await;
+}

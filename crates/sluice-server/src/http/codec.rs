@@ -186,7 +186,7 @@ pub fn decode_raw_request(
         (Some(size), [i]) => {
             let fixed: i64 = shape.iter().filter(|&&d| d >= 0).product();
             let per = fixed as usize * size;
-            if per == 0 || body.len() % per != 0 {
+            if per == 0 || !body.len().is_multiple_of(per) {
                 return Err(ServeError::invalid(format!(
                     "input '{}': raw body of {} bytes is not a whole number of {dt} elements of shape {:?}",
                     input.name,
