@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use sluice_backend::{Backend, BackendRegistry, ModelFiles};
-use sluice_scheduler::{ModelRunner, ModelStats};
+use sluice_scheduler::{ModelRunner, ModelStats, QueueLimits};
 use sluice_types::api::{IndexEntry, ModelState};
 use sluice_types::{ModelConfig, ServeError};
 use tokio::sync::{mpsc, oneshot};
@@ -30,8 +30,8 @@ pub struct RepositoryOptions {
     /// Models loaded at start in explicit mode.
     pub startup_models: Vec<String>,
     pub backends: BackendRegistry,
-    /// Requests a version may hold queued before it answers "queue full".
-    pub queue_capacity: usize,
+    /// How much a version may hold queued before it answers "queue full".
+    pub queue_limits: QueueLimits,
 }
 
 /// A version that takes requests.
@@ -460,7 +460,7 @@ impl Actor {
         let mut versions = Vec::new();
         for v in selected {
             let files = files(v);
-            match start_version(backend.clone(), config.clone(), files, v, self.opts.queue_capacity).await {
+            match start_version(backend.clone(), config.clone(), files, v, self.opts.queue_limits).await {
                 Ok(served) => versions.push(served),
                 Err(e) => {
                     for s in versions {
@@ -557,7 +557,7 @@ async fn start_version(
     config: Arc<ModelConfig>,
     files: ModelFiles,
     version: u64,
-    queue_capacity: usize,
+    limits: QueueLimits,
 ) -> Result<Arc<ServedVersion>, ServeError> {
     let n = config.instance_count();
     let cfg = config.clone();
@@ -566,15 +566,8 @@ async fn start_version(
     })
     .await
     .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
-    let queue = config
-        .dynamic_batching
-        .as_ref()
-        .and_then(|d| d.default_queue_policy.as_ref())
-        .map(|p| p.max_queue_size as usize)
-        .filter(|&n| n > 0)
-        .unwrap_or(queue_capacity);
     let label = format!("{}:{version}", config.name);
-    let runner = ModelRunner::start(label, instances, queue, Arc::new(ModelStats::default()))?;
+    let runner = ModelRunner::start(label, &config, instances, limits, Arc::new(ModelStats::default()))?;
     Ok(Arc::new(ServedVersion { name: config.name.clone(), version, config, runner }))
 }
 

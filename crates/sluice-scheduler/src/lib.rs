@@ -2,10 +2,14 @@
 //! version, and instance pools on dedicated threads (never tokio workers). Counters for
 //! Triton's statistics and metrics are kept here, where queueing and execution happen.
 
+pub mod batch;
+pub mod policy;
+pub mod queue;
 pub mod runner;
 pub mod stats;
 pub mod validate;
 
-pub use runner::{Executed, ModelRunner};
+pub use policy::BatchPolicy;
+pub use runner::{Executed, ModelRunner, QueueLimits, Submission};
 pub use stats::ModelStats;
 pub use validate::validate_request;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sluice_repository::{LoadOverride, ModelRepository, ServedVersion};
 use sluice_scheduler::validate::{reshape_inputs, reshape_outputs};
-use sluice_scheduler::validate_request;
+use sluice_scheduler::{validate_request, Submission};
 use sluice_types::api::{IndexEntry, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata};
 use sluice_types::{InferRequest, InferResponse, InferService, ModelConfig, ServeError, Timings};
 
@@ -143,7 +143,30 @@ impl Engine {
         let mut inputs = std::mem::take(&mut req.inputs);
         reshape_inputs(config, &mut inputs);
         let wanted: Vec<String> = req.outputs.iter().map(|o| o.name.clone()).collect();
-        let executed = served.runner.submit(inputs, wanted.clone(), batch).await?;
+        let priority = match req.parameters.get("priority") {
+            None => None,
+            Some(_) => {
+                Some(req.int_parameter("priority").and_then(|p| u64::try_from(p).ok()).ok_or_else(|| {
+                    ServeError::invalid("request parameter 'priority' must be a non-negative integer")
+                })?)
+            }
+        };
+        let timeout = match req.parameters.get("timeout") {
+            None => None,
+            Some(_) => Some(req.int_parameter("timeout").and_then(|t| u64::try_from(t).ok()).ok_or_else(|| {
+                ServeError::invalid("request parameter 'timeout' must be a non-negative integer (microseconds)")
+            })?),
+        };
+        let executed = served
+            .runner
+            .submit(Submission {
+                inputs,
+                outputs: wanted.clone(),
+                batch_size: batch,
+                priority,
+                timeout: timeout.map(std::time::Duration::from_micros),
+            })
+            .await?;
         let mut outputs = executed.outputs;
         reshape_outputs(config, &mut outputs);
         if !wanted.is_empty() {

@@ -124,6 +124,8 @@ pub struct EngineOptions {
     /// ONNX Runtime intra-op threads per instance (0 = ONNX Runtime's default).
     pub intra_op_threads: usize,
     pub queue_capacity: usize,
+    /// Queued input bytes per model version before 429 (0 = no byte limit).
+    pub queue_max_bytes: usize,
     /// How often poll mode rescans the repositories.
     pub poll_interval: Duration,
 }
@@ -137,6 +139,7 @@ impl Default for EngineOptions {
             onnxruntime_lib: None,
             intra_op_threads: 0,
             queue_capacity: 1024,
+            queue_max_bytes: 256 << 20,
             poll_interval: Duration::from_secs(15),
         }
     }
@@ -158,7 +161,10 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
         control_mode: opts.control_mode,
         startup_models: opts.load_models.clone(),
         backends,
-        queue_capacity: opts.queue_capacity,
+        queue_limits: sluice_scheduler::QueueLimits {
+            max_requests: opts.queue_capacity,
+            max_bytes: opts.queue_max_bytes,
+        },
     });
     repo.load_startup_models().await?;
     // The poller lives as long as the runtime; nothing needs to join it.

@@ -67,7 +67,7 @@ impl Server {
             control_mode: ControlMode::None,
             startup_models: vec![],
             backends,
-            queue_capacity: 1024,
+            queue_limits: Default::default(),
         });
         repo.load_startup_models().await.unwrap();
         let engine = Engine::new(repo);

@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Requests a model version may hold queued before answering 429.
     #[arg(long, env = "SLUICE_MAX_QUEUE_SIZE", default_value_t = 1024)]
     max_queue_size: usize,
+    /// Queued input bytes a model version may hold before answering 429 (0 = no limit).
+    #[arg(long, env = "SLUICE_MAX_QUEUE_BYTES", default_value_t = 256 << 20)]
+    max_queue_bytes: usize,
     /// Seconds in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
     grace_period_secs: u64,
@@ -103,6 +106,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         onnxruntime_lib: args.onnxruntime_lib,
         intra_op_threads: args.onnx_intra_op_threads,
         queue_capacity: args.max_queue_size,
+        queue_max_bytes: args.max_queue_bytes,
         poll_interval: Duration::from_secs(args.repository_poll_secs.max(1)),
     };
     let engine = sluice_server::build_engine(&opts).await?;
