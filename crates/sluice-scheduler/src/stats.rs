@@ -89,6 +89,8 @@ pub struct ModelStats {
     pub inference_count: AtomicU64,
     pub execution_count: AtomicU64,
     pub pending: AtomicI64,
+    /// Batches executing right now (busy instances).
+    pub executing: AtomicI64,
     last_inference_ms: AtomicU64,
     failures: [AtomicU64; 4],
     batches: Mutex<BTreeMap<u64, BatchCounters>>,

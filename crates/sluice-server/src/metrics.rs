@@ -20,7 +20,7 @@ fn us(d: &sluice_scheduler::stats::Duration) -> i64 {
     (d.get().ns / 1000) as i64
 }
 
-const FAMILIES: [Family; 9] = [
+const FAMILIES: [Family; 10] = [
     Family {
         name: "nv_inference_request_success",
         help: "Number of successful inference requests, all batch sizes",
@@ -44,6 +44,12 @@ const FAMILIES: [Family; 9] = [
         help: "Instantaneous number of pending requests awaiting execution",
         kind: "gauge",
         value: |s| s.pending.load(Relaxed).max(0),
+    },
+    Family {
+        name: "sluice_inference_executing_count",
+        help: "Batches executing right now (busy model instances)",
+        kind: "gauge",
+        value: |s| s.executing.load(Relaxed).max(0),
     },
     Family {
         name: "nv_inference_request_duration_us",
