@@ -2,6 +2,7 @@
 //! version, and instance pools on dedicated threads (never tokio workers). Counters for
 //! Triton's statistics and metrics are kept here, where queueing and execution happen.
 
+pub mod adaptive;
 pub mod batch;
 pub mod policy;
 pub mod queue;

@@ -2,6 +2,8 @@
 //! batcher: requests are taken in priority order, then arrival order; a batch stops at the first
 //! request whose shape cannot join it; a preferred batch size is sent as soon as it can be formed,
 //! a full batch at once, anything else when the oldest request has waited the maximum delay.
+//! Adaptive batching (see [`crate::adaptive`]) sets the cap, the delay and `stop_at` before each
+//! decision.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,9 @@ pub struct BatchPolicy {
     pub max_delay: Duration,
     /// Whether requests are combined at all (`dynamic_batching` present).
     pub batching: bool,
+    /// Send without waiting once the batch holds this many requests: no more are expected
+    /// (set by adaptive batching when every request the clients have outstanding is queued).
+    pub stop_at: Option<usize>,
 }
 
 /// What one queued request looks like to the policy.
@@ -50,7 +55,7 @@ impl BatchPolicy {
 
     /// One request per execution (models without `dynamic_batching`).
     pub fn single() -> BatchPolicy {
-        BatchPolicy { max_batch_size: 1, preferred: vec![], max_delay: Duration::ZERO, batching: false }
+        BatchPolicy { max_batch_size: 1, preferred: vec![], max_delay: Duration::ZERO, batching: false, stop_at: None }
     }
 
     pub fn dynamic(max_batch_size: u64, db: &DynamicBatching) -> BatchPolicy {
@@ -67,6 +72,7 @@ impl BatchPolicy {
             preferred,
             max_delay: Duration::from_micros(db.max_queue_delay_microseconds),
             batching: true,
+            stop_at: None,
         }
     }
 
@@ -91,7 +97,7 @@ impl BatchPolicy {
             }
         }
         let blocked = count < queue.len(); // the next request cannot join this batch
-        if total >= self.max_batch_size || blocked {
+        if total >= self.max_batch_size || blocked || self.stop_at.is_some_and(|n| count >= n) {
             return Decision::Dispatch { count };
         }
         let deadline = first.enqueued + self.max_delay;
@@ -171,6 +177,17 @@ mod tests {
         q[2].shape_key = 7;
         assert_eq!(p.decide(t0, &q), Decision::Dispatch { count: 2 });
         assert_eq!(p.decide(t0, &q[2..]), Decision::WaitUntil(t0 + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn stop_at_sends_without_waiting_for_the_delay() {
+        let t0 = Instant::now();
+        let mut p = policy(8, &[], 1000);
+        p.stop_at = Some(3);
+        assert_eq!(p.decide(t0, &cands(t0, &[1, 1])), Decision::WaitUntil(t0 + Duration::from_millis(1)));
+        assert_eq!(p.decide(t0, &cands(t0, &[1, 1, 1])), Decision::Dispatch { count: 3 });
+        // It counts requests, and never makes a batch bigger than the maximum.
+        assert_eq!(p.decide(t0, &cands(t0, &[4, 4, 4])), Decision::Dispatch { count: 2 });
     }
 
     #[test]

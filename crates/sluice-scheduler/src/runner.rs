@@ -15,7 +15,8 @@ use sluice_backend::{ExecOutput, ModelInstance};
 use sluice_types::{ModelConfig, ServeError, Tensor, Timings};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::{merge_inputs, shape_key, split_outputs};
+use crate::adaptive::AdaptiveController;
+use crate::batch::{merge_inputs, shape_key, split_outputs, Padding};
 use crate::policy::{BatchPolicy, Decision};
 use crate::queue::{Queues, Refusal};
 use crate::stats::ModelStats;
@@ -61,6 +62,16 @@ struct Batch {
     dispatched: Instant,
 }
 
+/// An instance's word that it finished a batch (and is free again), with what adaptive
+/// batching measures: the batch's inferences, how long it took, and each request's latency
+/// (queue + compute; only when measuring).
+struct Done {
+    requests: usize,
+    inferences: u64,
+    took: Duration,
+    latencies: Vec<Duration>,
+}
+
 /// Limits of one version's queue.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueLimits {
@@ -83,6 +94,8 @@ struct Inner {
     tx: RwLock<Option<mpsc::Sender<Arrival>>>,
     finished: Mutex<Option<oneshot::Receiver<Vec<JoinHandle<()>>>>>,
     stats: Arc<ModelStats>,
+    /// Ragged inputs and pad values, from the config (see `batch`).
+    padding: Arc<Padding>,
 }
 
 /// Cloneable handle to a model version's scheduler.
@@ -101,15 +114,21 @@ impl ModelRunner {
         stats: Arc<ModelStats>,
     ) -> Result<ModelRunner, ServeError> {
         let policy = BatchPolicy::from_config(config);
+        let padding = Arc::new(Padding::from_config(config)?);
         let n = instances.len().max(1);
         let (batch_tx, batch_rx) = flume::bounded::<Batch>(n);
-        let (done_tx, done_rx) = mpsc::channel::<()>(n);
+        let adaptive = AdaptiveController::from_config(config, n)
+            .map_err(|m| ServeError::invalid(format!("model {label}: {m}")))?;
+        let measure = adaptive.is_some();
+        // One message per batch, at most one batch per instance: `n` never blocks.
+        let (done_tx, done_rx) = mpsc::channel::<Done>(n);
         let mut threads = Vec::new();
         for (i, instance) in instances.into_iter().enumerate() {
             let (rx, done, stats, name) = (batch_rx.clone(), done_tx.clone(), stats.clone(), label.clone());
+            let padding = padding.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-{label}-{i}"))
-                .spawn(move || instance_loop(&name, instance, rx, done, &stats))
+                .spawn(move || instance_loop(&name, instance, rx, done, &stats, &padding, measure))
                 .map_err(|e| ServeError::Internal(format!("cannot start a thread for {label}: {e}")))?;
             threads.push(handle);
         }
@@ -123,10 +142,18 @@ impl ModelRunner {
             idle: threads.len(),
             batch_tx: Some(batch_tx),
             stats: stats.clone(),
+            adaptive,
+            in_flight: 0,
         };
         tokio::spawn(actor.run(rx, done_rx, threads, finished_tx));
         Ok(ModelRunner {
-            inner: Arc::new(Inner { label, tx: RwLock::new(Some(tx)), finished: Mutex::new(Some(finished_rx)), stats }),
+            inner: Arc::new(Inner {
+                label,
+                tx: RwLock::new(Some(tx)),
+                finished: Mutex::new(Some(finished_rx)),
+                stats,
+                padding,
+            }),
         })
     }
 
@@ -139,7 +166,7 @@ impl ModelRunner {
     pub async fn submit(&self, s: Submission) -> Result<Executed, ServeError> {
         let (reply, rx) = oneshot::channel();
         let arrival = Arrival {
-            shape_key: shape_key(&s.inputs),
+            shape_key: shape_key(&s.inputs, &self.inner.padding),
             bytes: s.inputs.iter().map(Tensor::byte_size).sum(),
             priority: s.priority,
             timeout: s.timeout,
@@ -186,13 +213,17 @@ struct Actor {
     idle: usize,
     batch_tx: Option<flume::Sender<Batch>>,
     stats: Arc<ModelStats>,
+    /// `dynamic_batching { adaptive { .. } }`: sets the policy's cap and delay.
+    adaptive: Option<AdaptiveController>,
+    /// Requests sent to instances and not finished.
+    in_flight: usize,
 }
 
 impl Actor {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Arrival>,
-        mut done_rx: mpsc::Receiver<()>,
+        mut done_rx: mpsc::Receiver<Done>,
         threads: Vec<JoinHandle<()>>,
         finished: oneshot::Sender<Vec<JoinHandle<()>>>,
     ) {
@@ -210,7 +241,7 @@ impl Actor {
             };
             tokio::select! {
                 biased;
-                Some(()) = done_rx.recv() => self.idle += 1,
+                Some(done) = done_rx.recv() => self.finished(done),
                 msg = rx.recv(), if open => match msg {
                     Some(a) => self.enqueue(a),
                     None => open = false,
@@ -223,11 +254,24 @@ impl Actor {
         let _ = finished.send(threads);
     }
 
+    /// An instance is free again.
+    fn finished(&mut self, done: Done) {
+        self.idle += 1;
+        self.in_flight = self.in_flight.saturating_sub(done.requests);
+        if let Some(a) = &mut self.adaptive {
+            a.observe_execution(done.inferences, done.took);
+            done.latencies.into_iter().for_each(|l| a.observe_latency(l));
+        }
+    }
+
     fn enqueue(&mut self, a: Arrival) {
         let batch_size = a.pending.batch_size;
-        if let Err((p, refusal)) =
-            self.queues.push(Instant::now(), a.pending, batch_size, a.shape_key, a.bytes, a.priority, a.timeout)
-        {
+        let pushed =
+            self.queues.push(Instant::now(), a.pending, batch_size, a.shape_key, a.bytes, a.priority, a.timeout);
+        if let Some(c) = &mut self.adaptive {
+            c.observe_arrival(Instant::now(), batch_size, self.queues.len() + self.in_flight);
+        }
+        if let Err((p, refusal)) = pushed {
             self.stats.pending.fetch_sub(1, Relaxed);
             let err = match refusal {
                 Refusal::Full(what) => ServeError::ResourceExhausted {
@@ -262,6 +306,9 @@ impl Actor {
         }
         let mut wake = None;
         while self.idle > 0 {
+            if let Some(a) = &self.adaptive {
+                a.apply(&mut self.policy, self.in_flight);
+            }
             let candidates = self.queues.candidates(self.policy.max_batch_size as usize + 1);
             let count = match self.policy.decide(now, &candidates) {
                 Decision::Dispatch { count } => count,
@@ -274,6 +321,7 @@ impl Actor {
             };
             let requests = self.queues.take(count);
             self.stats.pending.fetch_sub(requests.len() as i64, Relaxed);
+            let sent = requests.len();
             let Some(tx) = &self.batch_tx else { break };
             if let Err(e) = tx.try_send(Batch { requests, dispatched: now }) {
                 // Cannot happen while `idle` is counted right; answer rather than lose them.
@@ -283,6 +331,7 @@ impl Actor {
                 break;
             }
             self.idle -= 1;
+            self.in_flight += sent;
         }
         match (wake, self.queues.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -313,18 +362,28 @@ fn instance_loop(
     label: &str,
     mut instance: Box<dyn ModelInstance>,
     rx: flume::Receiver<Batch>,
-    done: mpsc::Sender<()>,
+    done: mpsc::Sender<Done>,
     stats: &ModelStats,
+    padding: &Padding,
+    measure: bool,
 ) {
     while let Some(batch) = next_batch(&rx) {
-        run_batch(label, instance.as_mut(), batch, stats);
-        if done.blocking_send(()).is_err() {
+        let requests = batch.requests.len();
+        let inferences = batch.requests.iter().map(|(p, _)| p.batch_size).sum();
+        let enqueued: Vec<Instant> =
+            if measure { batch.requests.iter().map(|(_, e)| *e).collect() } else { Vec::new() };
+        let started = Instant::now();
+        run_batch(label, instance.as_mut(), batch, stats, padding);
+        let end = Instant::now();
+        let latencies = enqueued.into_iter().map(|e| end.saturating_duration_since(e)).collect();
+        let took = end.saturating_duration_since(started);
+        if done.blocking_send(Done { requests, inferences, took, latencies }).is_err() {
             break;
         }
     }
 }
 
-fn run_batch(label: &str, instance: &mut dyn ModelInstance, batch: Batch, stats: &ModelStats) {
+fn run_batch(label: &str, instance: &mut dyn ModelInstance, batch: Batch, stats: &ModelStats, padding: &Padding) {
     let Batch { requests, dispatched } = batch;
     // A caller may have gone away between dispatch and now: do not compute for it.
     let (live, gone): (Vec<_>, Vec<_>) = requests.into_iter().partition(|(p, _)| !p.reply.is_closed());
@@ -346,10 +405,14 @@ fn run_batch(label: &str, instance: &mut dyn ModelInstance, batch: Batch, stats:
         inputs.push(p.inputs);
         replies.push((p.reply, dispatched.duration_since(enqueued).as_nanos() as u64));
     }
-    let result = merge_inputs(inputs).and_then(|merged| {
-        std::panic::catch_unwind(AssertUnwindSafe(|| instance.execute(merged, &outputs)))
+    stats.executing.fetch_add(1, Relaxed);
+    let mut padded = None;
+    let result = merge_inputs(inputs, padding).and_then(|merged| {
+        padded = merged.padded;
+        std::panic::catch_unwind(AssertUnwindSafe(|| instance.execute(merged.inputs, &outputs)))
             .unwrap_or_else(|_| Err(ServeError::Internal(format!("model {label} panicked while executing"))))
     });
+    stats.executing.fetch_sub(1, Relaxed);
     let ExecOutput { outputs, compute_input_ns, compute_infer_ns, compute_output_ns } = match result {
         Ok(out) => out,
         Err(e) => {
@@ -360,7 +423,7 @@ fn run_batch(label: &str, instance: &mut dyn ModelInstance, batch: Batch, stats:
         }
     };
     stats.record_execution(sizes.iter().sum(), compute_input_ns, compute_infer_ns, compute_output_ns);
-    match split_outputs(outputs, &sizes) {
+    match split_outputs(outputs, &sizes, padding, padded.as_ref()) {
         Ok(parts) => {
             for ((reply, queue_ns), outputs) in replies.into_iter().zip(parts) {
                 stats.record_request_compute(queue_ns, compute_input_ns, compute_infer_ns, compute_output_ns);
@@ -522,5 +585,77 @@ mod tests {
         let e = r.submit(Submission { priority: Some(5), ..sub(1.0) }).await.unwrap_err();
         assert!(e.to_string().contains("priority"), "{e}");
         r.submit(Submission { priority: Some(2), ..sub(1.0) }).await.unwrap();
+    }
+
+    /// Doubles its input; an execution costs 2 ms + 0.25 ms per row (affine in the batch size).
+    struct Affine {
+        batches: Arc<Mutex<Vec<i64>>>,
+    }
+
+    impl ModelInstance for Affine {
+        fn execute(&mut self, inputs: Vec<Tensor>, _outputs: &[String]) -> Result<ExecOutput, ServeError> {
+            let rows = inputs[0].shape[0];
+            self.batches.lock().push(rows);
+            std::thread::sleep(Duration::from_micros(2000 + 250 * rows as u64));
+            let v: Vec<f32> = inputs[0].to_vec::<f32>().unwrap().iter().map(|x| x * 2.0).collect();
+            Ok(ExecOutput { outputs: vec![Tensor::from_vec("y", inputs[0].shape.clone(), v)], ..Default::default() })
+        }
+    }
+
+    fn adaptive(max_p99_latency_ms: &str) -> sluice_types::config::DynamicBatching {
+        sluice_types::config::DynamicBatching {
+            adaptive: Some([("max_p99_latency_ms", max_p99_latency_ms)].into_iter().collect()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn adaptive_runner_batches_a_burst_and_keeps_answering_single_requests() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let inst = Affine { batches: batches.clone() };
+        let cfg = config(Some(adaptive("200")));
+        let r = ModelRunner::start("m:1".into(), &cfg, vec![Box::new(inst)], QueueLimits::default(), Arc::default())
+            .unwrap();
+        // Cold start (no delay configured), then measured costs of single requests.
+        for i in 0..3 {
+            let out = r.submit(sub(i as f32)).await.unwrap();
+            assert_eq!(out.outputs[0].to_vec::<f32>().unwrap(), vec![2.0 * i as f32]);
+        }
+        // Two bursts of 32 concurrent requests.
+        for _ in 0..2 {
+            let hs: Vec<_> = (0..32)
+                .map(|i| {
+                    let r = r.clone();
+                    tokio::spawn(async move { (i, r.submit(sub(i as f32)).await) })
+                })
+                .collect();
+            for h in hs {
+                let (i, out) = h.await.unwrap();
+                assert_eq!(out.unwrap().outputs[0].to_vec::<f32>().unwrap(), vec![2.0 * i as f32]);
+            }
+        }
+        // Then one client alone: each of its requests runs (alone) and comes back.
+        for i in 0..3 {
+            let out = r.submit(sub(i as f32)).await.unwrap();
+            assert_eq!(out.outputs[0].to_vec::<f32>().unwrap(), vec![2.0 * i as f32]);
+        }
+        let b = batches.lock().clone();
+        assert_eq!(b.iter().sum::<i64>(), 3 + 64 + 3);
+        assert!(b.iter().all(|&n| (1..=8).contains(&n)), "a batch beyond max_batch_size 8: {b:?}");
+        let burst = &b[3..b.len() - 3];
+        assert!(burst.iter().any(|&n| n > 1), "bursts were not batched: {b:?}");
+        assert!(burst.len() < 64, "64 burst requests ran in {} executions: {b:?}", burst.len());
+        assert_eq!(b[b.len() - 3..], [1, 1, 1]);
+        r.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_adaptive_block_fails_to_start_naming_the_field() {
+        let cfg = config(Some(adaptive("soon")));
+        let inst = Doubler { batches: Arc::default(), delay: Duration::ZERO };
+        let e = ModelRunner::start("m:1".into(), &cfg, vec![Box::new(inst)], QueueLimits::default(), Arc::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("dynamic_batching.adaptive.max_p99_latency_ms"), "{e}");
     }
 }

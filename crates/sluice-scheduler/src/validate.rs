@@ -1,6 +1,7 @@
 //! Checks a request against the model's config before it queues: every input known, of the
-//! right datatype and shape, required inputs present, one batch size. Messages name the tensor,
-//! what the model expects and what came.
+//! right datatype and shape, required inputs present, one batch size, and ragged inputs of one
+//! request in agreement (see `check_ragged`). Messages name the tensor, what the model expects
+//! and what came.
 
 use sluice_types::config::TensorConfig;
 use sluice_types::{InferRequest, ModelConfig, ServeError, Tensor};
@@ -29,6 +30,7 @@ pub fn validate_request(config: &ModelConfig, req: &InferRequest) -> Result<u64,
             )));
         };
         check_tensor(config, tc, t, &mut batch)?;
+        check_ragged(config, tc, t, &req.inputs[..i])?;
     }
     let missing: Vec<&str> =
         config.input.iter().filter(|c| !c.optional && req.input(&c.name).is_none()).map(|c| c.name.as_str()).collect();
@@ -98,6 +100,33 @@ fn check_tensor(
                 )))
             }
             _ => *batch = Some(b),
+        }
+    }
+    Ok(())
+}
+
+/// Ragged inputs (`allow_ragged_batch: true`) declared with the same dims must have the same
+/// shape within one request: the batcher pads each request to the batch's longest, so an
+/// attention mask must cover exactly its token ids, and trimming outputs back needs one own
+/// length per padded dim. Any length the dims accept is fine otherwise; requests of different
+/// lengths still share a batch.
+fn check_ragged(config: &ModelConfig, tc: &TensorConfig, t: &Tensor, earlier: &[Tensor]) -> Result<(), ServeError> {
+    if !tc.allow_ragged_batch || !tc.dims.iter().any(|&d| d < 0) {
+        return Ok(());
+    }
+    for o in earlier {
+        let Some(oc) = config.input.iter().find(|c| c.name == o.name) else { continue };
+        if oc.allow_ragged_batch && oc.dims == tc.dims && o.shape != t.shape {
+            return Err(ServeError::invalid(format!(
+                "input '{}': expected shape {} (the shape of ragged input '{}', which has the same dims {}), got {} \
+                 for model '{}'",
+                t.name,
+                shape_str(&o.shape),
+                o.name,
+                shape_str(&tc.dims),
+                shape_str(&t.shape),
+                config.name
+            )));
         }
     }
     Ok(())
@@ -191,5 +220,50 @@ mod tests {
         let mut r = req(vec![Tensor::from_vec("INPUT0", vec![1, 16], vec![0f32; 16]), ok1]);
         r.outputs.push(RequestedOutput { name: "NOPE".into(), ..Default::default() });
         assert!(validate_request(&c, &r).unwrap_err().to_string().contains("unexpected inference output 'NOPE'"));
+    }
+
+    fn bert() -> ModelConfig {
+        let t = |n: &str| TensorConfig {
+            name: n.into(),
+            data_type: "TYPE_INT64".into(),
+            dims: vec![-1],
+            allow_ragged_batch: true,
+            ..Default::default()
+        };
+        ModelConfig { name: "bert".into(), max_batch_size: 8, input: vec![t("ids"), t("mask")], ..Default::default() }
+    }
+
+    fn tokens(name: &str, batch: i64, len: i64) -> Tensor {
+        Tensor::from_vec(name, vec![batch, len], vec![1i64; (batch * len) as usize])
+    }
+
+    #[test]
+    fn ragged_requests_of_any_length_are_accepted() {
+        let c = bert();
+        for len in [1, 7, 128, 300] {
+            let r = req(vec![tokens("ids", 2, len), tokens("mask", 2, len)]);
+            assert_eq!(validate_request(&c, &r).unwrap(), 2);
+        }
+    }
+
+    #[test]
+    fn ragged_inputs_of_one_request_must_agree() {
+        let c = bert();
+        let e = validate_request(&c, &req(vec![tokens("ids", 1, 5), tokens("mask", 1, 6)])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "input 'mask': expected shape [1,5] (the shape of ragged input 'ids', which has the same dims [-1]), \
+             got [1,6] for model 'bert'"
+        );
+        let e = validate_request(&c, &req(vec![tokens("ids", 2, 5), tokens("mask", 1, 5)])).unwrap_err();
+        assert!(e.to_string().contains("batch size 1 differs from the other inputs' batch size 2"), "{e}");
+        // Inputs with other dims, or not ragged, may differ.
+        let mut c = bert();
+        c.input[1].dims = vec![-1, -1];
+        let r = req(vec![tokens("ids", 1, 5), Tensor::from_vec("mask", vec![1, 6, 1], vec![1i64; 6])]);
+        validate_request(&c, &r).unwrap();
+        let mut c = bert();
+        c.input[1].allow_ragged_batch = false;
+        validate_request(&c, &req(vec![tokens("ids", 1, 5), tokens("mask", 1, 6)])).unwrap();
     }
 }

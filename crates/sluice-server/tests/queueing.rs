@@ -45,6 +45,20 @@ async fn canceled_metric(server: &RunningServer) -> String {
         .to_string()
 }
 
+fn grpc_request(n: i64) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: "slow".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "N".into(),
+            datatype: "INT64".into(),
+            shape: vec![1],
+            contents: Some(pb::InferTensorContents { int64_contents: vec![n], ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 fn infer_url(server: &RunningServer) -> String {
     format!("http://{}/v2/models/slow/infer", server.http_addr)
 }
@@ -93,17 +107,7 @@ async fn grpc_cancel_drops_the_queued_request() {
     let server = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
     let busy = occupy(&server).await;
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", server.grpc_addr)).await.unwrap();
-    let req = pb::ModelInferRequest {
-        model_name: "slow".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "N".into(),
-            datatype: "INT64".into(),
-            shape: vec![1],
-            contents: Some(pb::InferTensorContents { int64_contents: vec![SLOW], ..Default::default() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let req = grpc_request(SLOW);
     // Dropping the call future resets the HTTP/2 stream: the client cancelled.
     let r = tokio::time::timeout(Duration::from_millis(150), client.model_infer(req)).await;
     assert!(r.is_err(), "the call was cancelled before an answer");
@@ -134,17 +138,7 @@ async fn full_queue_answers_429_and_resource_exhausted() {
     assert!(e["error"].as_str().unwrap().contains("full"), "{e}");
 
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", server.grpc_addr)).await.unwrap();
-    let req = pb::ModelInferRequest {
-        model_name: "slow".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "N".into(),
-            datatype: "INT64".into(),
-            shape: vec![1],
-            contents: Some(pb::InferTensorContents { int64_contents: vec![10], ..Default::default() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let req = grpc_request(10);
     let status = client.model_infer(req).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(!busy.is_finished(), "the queue was full because the first request still ran");
