@@ -143,6 +143,11 @@ impl ModelStats {
         std::array::from_fn(|i| (FAILURE_REASONS[i], self.failures[i].load(Relaxed)))
     }
 
+    /// Executions per batch size, ascending by size.
+    pub fn batch_size_counts(&self) -> Vec<(u64, u64)> {
+        self.batches.lock().iter().map(|(&size, c)| (size, c.infer.get().count)).collect()
+    }
+
     pub fn snapshot(&self, name: &str, version: &str) -> ModelStatistics {
         let batch_stats = self
             .batches

@@ -126,8 +126,25 @@ pub fn render(repo: &ModelRepository) -> String {
             histogram(&mut out, name, l, get(v.stats()));
         }
     }
+    let name = "sluice_batch_size";
+    let _ = writeln!(out, "# HELP {name} Inferences per model execution (the batches the scheduler formed)");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (v, l) in versions.iter().zip(&labels) {
+        let counts = v.stats().batch_size_counts();
+        for le in BATCH_BUCKETS {
+            let n: u64 = counts.iter().filter(|(size, _)| *size <= le).map(|(_, c)| c).sum();
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {n}");
+        }
+        let total: u64 = counts.iter().map(|(_, c)| c).sum();
+        let sum: u64 = counts.iter().map(|(size, c)| size * c).sum();
+        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{l}}} {total}");
+    }
     out
 }
+
+const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

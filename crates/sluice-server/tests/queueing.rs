@@ -232,5 +232,9 @@ async fn concurrent_requests_are_batched_over_http_and_grpc() {
     let sizes: Vec<u64> =
         st["batch_stats"].as_array().unwrap().iter().map(|b| b["batch_size"].as_u64().unwrap()).collect();
     assert!(sizes.iter().any(|&b| b > 1), "batch sizes seen: {sizes:?}");
+    let m = reqwest::get(format!("http://{}/metrics", server.metrics_addr)).await.unwrap().text().await.unwrap();
+    let count = format!("sluice_batch_size_count{{model=\"add_sub\",version=\"1\"}} {execs}");
+    let sum = "sluice_batch_size_sum{model=\"add_sub\",version=\"1\"} 24";
+    assert!(m.contains(&count) && m.contains(sum), "{m}");
     server.shutdown().await;
 }
