@@ -8,6 +8,7 @@ pub mod policy;
 pub mod queue;
 pub mod runner;
 pub mod stats;
+pub mod timer;
 pub mod validate;
 
 pub use policy::BatchPolicy;

@@ -20,6 +20,7 @@ use crate::batch::{merge_inputs, shape_key, split_outputs, Padding};
 use crate::policy::{BatchPolicy, Decision};
 use crate::queue::{Queues, Refusal};
 use crate::stats::ModelStats;
+use crate::timer::PreciseTimer;
 
 /// What a request gets back from execution.
 #[derive(Debug)]
@@ -190,6 +191,12 @@ impl ModelRunner {
         rx.await.unwrap_or_else(|_| Err(self.unloading()))
     }
 
+    /// True once [`ModelRunner::shutdown`] began: this version takes no more requests (a reload
+    /// or unload replaced it), so a caller may look the model up again.
+    pub fn is_closed(&self) -> bool {
+        self.inner.tx.read().as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
     fn unloading(&self) -> ServeError {
         ServeError::Unavailable(format!("model {} is unloading", self.inner.label))
     }
@@ -228,15 +235,28 @@ impl Actor {
         finished: oneshot::Sender<Vec<JoinHandle<()>>>,
     ) {
         let mut open = true;
+        let mut timer = match PreciseTimer::new(format!("sluice-timer-{}", self.label)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(model = %self.label, error = %e, "no precise timer thread; queue delays round up to 1 ms");
+                None
+            }
+        };
         loop {
-            let wake = self.dispatch(Instant::now(), !open);
+            let now = Instant::now();
+            let wake = self.dispatch(now, !open);
             if !open && self.queues.is_empty() {
                 break;
             }
+            if let Some(t) = timer.as_mut() {
+                t.clear_fired(now);
+                t.set(wake);
+            }
             let sleep = async {
-                match wake {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
+                match (wake, &timer) {
+                    (Some(_), Some(t)) => t.fired().await,
+                    (Some(w), None) => tokio::time::sleep_until(w.into()).await,
+                    (None, _) => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -494,7 +514,9 @@ mod tests {
         let snap = r.stats().snapshot("m", "1");
         assert_eq!(snap.inference_count, 8);
         assert_eq!(snap.execution_count, b.len() as u64);
+        assert!(!r.is_closed());
         r.shutdown().await;
+        assert!(r.is_closed());
         assert!(matches!(r.submit(sub(1.0)).await, Err(ServeError::Unavailable(_))));
     }
 
