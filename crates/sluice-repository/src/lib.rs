@@ -5,7 +5,10 @@
 pub mod config;
 pub mod manager;
 pub mod pbtxt;
+pub mod remote;
+pub mod warmup;
 
 pub use manager::{
     scan_model_names, ControlMode, LoadOverride, ModelRecord, ModelRepository, RepositoryOptions, ServedVersion,
 };
+pub use remote::{RemoteRepository, SyncReport};

@@ -32,6 +32,9 @@ pub struct RepositoryOptions {
     pub backends: BackendRegistry,
     /// How much a version may hold queued before it answers "queue full".
     pub queue_limits: QueueLimits,
+    /// Object-storage repositories, each mirrored into a cache directory that is also in
+    /// `roots`; synced before the start-up scan, before each poll and before a load from disk.
+    pub remotes: Vec<crate::remote::RemoteRepository>,
 }
 
 /// A version that takes requests.
@@ -40,6 +43,8 @@ pub struct ServedVersion {
     pub version: u64,
     pub config: Arc<ModelConfig>,
     pub runner: ModelRunner,
+    /// What `model_warmup` ran before this version took traffic (not in its statistics).
+    pub warmup: crate::warmup::WarmupReport,
 }
 
 impl ServedVersion {
@@ -85,7 +90,7 @@ pub struct LoadOverride {
 enum Command {
     Load { name: String, ov: Option<LoadOverride>, reply: oneshot::Sender<Result<(), ServeError>> },
     Unload { name: String, reply: oneshot::Sender<Result<(), ServeError>> },
-    Startup { reply: oneshot::Sender<()> },
+    Startup { reply: oneshot::Sender<Result<(), ServeError>> },
     Poll { reply: oneshot::Sender<()> },
     UnloadAll { reply: oneshot::Sender<()> },
 }
@@ -123,8 +128,9 @@ impl ModelRepository {
     }
 
     /// Loads every model of the repository (mode none and poll) or the `--load-model` ones.
+    /// Fails only when a remote repository cannot be mirrored.
     pub async fn load_startup_models(&self) -> Result<(), ServeError> {
-        self.call(|reply| Command::Startup { reply }).await
+        self.call(|reply| Command::Startup { reply }).await?
     }
 
     /// Loads or reloads a model; on failure a model that was serving keeps serving.
@@ -266,6 +272,26 @@ pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
     names
 }
 
+/// Makes the defaults explicit, as Triton's config endpoint shows them: clients such as
+/// perf_analyzer and dashboards read the served config, not the file.
+fn fill_defaults(config: &mut ModelConfig) {
+    let vp = &mut config.version_policy;
+    if vp.latest.is_none() && vp.all.is_none() && vp.specific.is_none() {
+        vp.latest = Some(sluice_types::config::LatestPolicy::default());
+    }
+    for g in config.instance_group.iter_mut().filter(|g| g.count == 0) {
+        g.count = 1;
+    }
+    if config.instance_group.is_empty() {
+        config.instance_group.push(sluice_types::config::InstanceGroup {
+            name: config.name.clone(),
+            kind: "KIND_CPU".into(),
+            count: 1,
+            gpus: vec![],
+        });
+    }
+}
+
 /// A hash of every file's path, size and modification time under a model directory.
 pub fn fingerprint(model_dir: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -319,6 +345,9 @@ impl Actor {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Load { name, ov, reply } => {
+                    if ov.as_ref().is_none_or(|o| o.files.is_empty()) {
+                        let _ = self.sync_remotes().await;
+                    }
                     let r = self.load(&name, ov).await;
                     let _ = reply.send(r);
                 }
@@ -327,6 +356,10 @@ impl Actor {
                     let _ = reply.send(r);
                 }
                 Command::Startup { reply } => {
+                    if let Err(e) = self.sync_remotes().await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
                     let names = match self.opts.control_mode {
                         ControlMode::Explicit => self.opts.startup_models.clone(),
                         ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
@@ -336,9 +369,10 @@ impl Actor {
                             tracing::error!(model = %name, error = %e, "failed to load model");
                         }
                     }
-                    let _ = reply.send(());
+                    let _ = reply.send(Ok(()));
                 }
                 Command::Poll { reply } => {
+                    let _ = self.sync_remotes().await;
                     self.poll().await;
                     let _ = reply.send(());
                 }
@@ -351,6 +385,33 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Brings every remote repository's mirror up to date. A failure is logged and the previous
+    /// mirror keeps serving; the first failure is returned (start-up treats it as fatal).
+    async fn sync_remotes(&self) -> Result<(), ServeError> {
+        let mut first_err = None;
+        for remote in &self.opts.remotes {
+            match remote.sync().await {
+                Ok(r) if r.changed() => tracing::info!(
+                    url = %remote.url(),
+                    downloaded = r.downloaded.len(),
+                    deleted = r.deleted.len(),
+                    bytes = r.bytes,
+                    "remote model repository synced"
+                ),
+                Ok(_) => tracing::debug!(url = %remote.url(), "remote model repository unchanged"),
+                Err(e) => {
+                    tracing::warn!(url = %remote.url(), error = %e, "remote model repository sync failed; the previous mirror is kept");
+                    first_err.get_or_insert(ServeError::Unavailable(format!(
+                        "cannot mirror model repository '{}' into {}: {e}",
+                        remote.url(),
+                        remote.local_root().display()
+                    )));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     fn publish(&self) {
@@ -451,6 +512,7 @@ impl Actor {
             tokio::task::spawn_blocking(move || -> Result<ModelConfig, ServeError> {
                 backend.auto_complete(&mut config, &newest_files)?;
                 validate_config(&config)?;
+                fill_defaults(&mut config);
                 Ok(config)
             })
             .await
@@ -561,14 +623,29 @@ async fn start_version(
 ) -> Result<Arc<ServedVersion>, ServeError> {
     let n = config.instance_count();
     let cfg = config.clone();
-    let instances = tokio::task::spawn_blocking(move || {
-        (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()
+    // Load the instances, then warm each of them (Triton's `model_warmup`) before the version
+    // can take traffic; a failing warmup fails the load.
+    let (instances, warmup) = tokio::task::spawn_blocking(move || {
+        let samples = crate::warmup::build_samples(&cfg, &files.model_dir)?;
+        let mut instances = (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()?;
+        let report = crate::warmup::run(&cfg, &samples, &mut instances)?;
+        Ok::<_, ServeError>((instances, report))
     })
     .await
     .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
+    if warmup.samples > 0 {
+        tracing::info!(
+            model = %config.name,
+            version,
+            samples = warmup.samples,
+            executions = warmup.executions,
+            ms = warmup.took.as_secs_f64() * 1e3,
+            "warmup done"
+        );
+    }
     let label = format!("{}:{version}", config.name);
     let runner = ModelRunner::start(label, &config, instances, limits, Arc::new(ModelStats::default()))?;
-    Ok(Arc::new(ServedVersion { name: config.name.clone(), version, config, runner }))
+    Ok(Arc::new(ServedVersion { name: config.name.clone(), version, config, runner, warmup }))
 }
 
 /// Writes files sent inline with a load request into a fresh directory, refusing paths that

@@ -125,10 +125,27 @@ impl Engine {
     }
 
     /// Runs one inference request and records its outcome in the version's statistics.
+    ///
+    /// A reload can replace the version between the lookup and the queueing: the old version's
+    /// runner is then closed (it still finishes what it had queued). Such a request is looked up
+    /// again and run once more on the version now served, so that a reload answers no request
+    /// with an error. A request that names a version that is gone gets the error.
     pub async fn infer_timed(&self, mut req: InferRequest) -> Result<Answer, ServeError> {
         let start = Instant::now();
-        let served = self.repo.get(&req.model, req.version.as_deref())?;
-        let result = self.run(&served, &mut req).await;
+        let mut served = self.repo.get(&req.model, req.version.as_deref())?;
+        // Cheap: tensor data is reference-counted.
+        let inputs = req.inputs.clone();
+        let mut result = self.run(&served, &mut req).await;
+        if matches!(result, Err(ServeError::Unavailable(_))) && served.runner.is_closed() {
+            if let Ok(next) = self.repo.get(&req.model, req.version.as_deref()) {
+                if !Arc::ptr_eq(&next, &served) {
+                    tracing::debug!(model = %req.model, from = served.version, to = next.version, "version replaced: retrying");
+                    req.inputs = inputs;
+                    served = next;
+                    result = self.run(&served, &mut req).await;
+                }
+            }
+        }
         let ns = start.elapsed().as_nanos() as u64;
         match &result {
             Ok(_) => served.stats().record_success(ns),

@@ -128,6 +128,9 @@ pub struct EngineOptions {
     pub queue_max_bytes: usize,
     /// How often poll mode rescans the repositories.
     pub poll_interval: Duration,
+    /// Where `s3://` / `gs://` / `az://` repositories are mirrored (one subdirectory per URL);
+    /// `None`: [`sluice_repository::remote::default_cache_dir`].
+    pub model_cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -141,6 +144,7 @@ impl Default for EngineOptions {
             queue_capacity: 1024,
             queue_max_bytes: 256 << 20,
             poll_interval: Duration::from_secs(15),
+            model_cache_dir: None,
         }
     }
 }
@@ -153,11 +157,23 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     let mut backends = sluice_backend::BackendRegistry::new();
     backends.register(Arc::new(sluice_backend::onnx::OnnxBackend::new(opts.intra_op_threads)));
+    // Object-storage repositories are served from their local mirror, in the order given.
+    let (mut roots, mut remotes) = (Vec::new(), Vec::new());
     for root in &opts.model_repositories {
-        anyhow::ensure!(root.is_dir(), "model repository {} is not a directory", root.display());
+        let url = root.to_string_lossy();
+        if sluice_repository::remote::is_remote_url(&url) {
+            let cache = opts.model_cache_dir.clone().unwrap_or_else(sluice_repository::remote::default_cache_dir);
+            let remote = sluice_repository::RemoteRepository::from_url(&url, &cache)?;
+            tracing::info!(url = %url, cache = %remote.local_root().display(), "remote model repository");
+            roots.push(remote.local_root());
+            remotes.push(remote);
+        } else {
+            anyhow::ensure!(root.is_dir(), "model repository {} is not a directory", root.display());
+            roots.push(root.clone());
+        }
     }
     let repo = sluice_repository::ModelRepository::start(sluice_repository::RepositoryOptions {
-        roots: opts.model_repositories.clone(),
+        roots,
         control_mode: opts.control_mode,
         startup_models: opts.load_models.clone(),
         backends,
@@ -165,6 +181,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
             max_requests: opts.queue_capacity,
             max_bytes: opts.queue_max_bytes,
         },
+        remotes,
     });
     repo.load_startup_models().await?;
     // The poller lives as long as the runtime; nothing needs to join it.

@@ -68,6 +68,7 @@ impl Server {
             startup_models: vec![],
             backends,
             queue_limits: Default::default(),
+            remotes: vec![],
         });
         repo.load_startup_models().await.unwrap();
         let engine = Engine::new(repo);

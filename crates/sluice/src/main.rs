@@ -1,5 +1,7 @@
 //! `sluice`: the command line of the Sluice model server.
 
+mod models;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// Serve the models of one or more model repositories.
     Serve(ServeArgs),
+    /// List, inspect, load and unload the models of a running server.
+    Models(models::ModelsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -39,9 +43,14 @@ enum ControlMode {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Model repository directory (repeatable).
+    /// Model repository (repeatable): a directory, or s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix (mirrored into --model-cache-dir; credentials and endpoint from the
+    /// standard AWS_* / GOOGLE_* / AZURE_* variables).
     #[arg(long = "model-repository", env = "SLUICE_MODEL_REPOSITORY", value_delimiter = ',', required = true)]
     model_repository: Vec<PathBuf>,
+    /// Where object-storage repositories are mirrored (default $SLUICE_HOME/cache).
+    #[arg(long, env = "SLUICE_MODEL_CACHE_DIR")]
+    model_cache_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
     host: String,
@@ -91,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Models(args) => models::finish(rt.block_on(models::run(args))),
     }
 }
 
@@ -108,6 +118,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         queue_capacity: args.max_queue_size,
         queue_max_bytes: args.max_queue_bytes,
         poll_interval: Duration::from_secs(args.repository_poll_secs.max(1)),
+        model_cache_dir: args.model_cache_dir,
     };
     let engine = sluice_server::build_engine(&opts).await?;
     let cfg = ServerConfig {

@@ -1,0 +1,753 @@
+//! `compare`: issue 3's whole table in one run. Starts `sluice serve` on free ports over a
+//! temporary model repository (symlinks to the shared models, configs written here), then runs
+//! every cell once per round, rounds interleaved so that machine noise hits every cell alike,
+//! and reports medians over rounds and medians of per-round ratios.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::inprocess::{self, BatchRun, Batching};
+use crate::load::{self, Arrivals, LoadResult, Phase, Target, Transport, Workload};
+use crate::stats::{median, num};
+use crate::{cpus, data, repo_root, runtime};
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The Sluice binary (default: <repo root>/target/release/sluice).
+    #[arg(long)]
+    sluice_bin: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads, in-process and in every served config; default: CPUs.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured seconds of each served cell.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Unmeasured seconds before each served cell.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Interleaved rounds (the table shows medians over rounds).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// In-process seconds per batch size.
+    #[arg(long, default_value_t = 2.0)]
+    inprocess_seconds: f64,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    batch_sizes: Vec<usize>,
+    /// `max_queue_delay_microseconds` of the spam models with batching on (fixed delay).
+    #[arg(long, default_value_t = 2000)]
+    delay_us: u64,
+    /// `adaptive { max_p99_latency_ms }` of the adaptive spam-fast config.
+    #[arg(long, default_value_t = 100)]
+    adaptive_p99_ms: u64,
+    /// Bursty load: cycles of `--burst-high` clients then `--burst-low` clients.
+    #[arg(long, default_value_t = 3)]
+    burst_cycles: usize,
+    #[arg(long, default_value_t = 32)]
+    burst_high: usize,
+    #[arg(long, default_value_t = 2)]
+    burst_low: usize,
+    /// Seconds of each burst phase.
+    #[arg(long, default_value_t = 1.0)]
+    burst_phase_secs: f64,
+    /// Open-loop rate as a fraction of the round's in-process best ("half that load").
+    #[arg(long, default_value_t = 0.5)]
+    half_load: f64,
+    /// Send the spam requests over gRPC instead of HTTP binary (add_sub stays on HTTP, whose
+    /// response headers carry the queue time).
+    #[arg(long)]
+    grpc: bool,
+    /// Where to write the JSON results (default: <repo root>/bench/results/spam-bench.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the temporary model repository and the server log.
+    #[arg(long)]
+    keep_repo: bool,
+}
+
+/// Model names in the temporary repository.
+const ACCURATE: &str = "spam-accurate";
+const ACCURATE_OFF: &str = "spam-accurate-nobatch";
+const FAST: &str = "spam-fast";
+const FAST_ADAPTIVE: &str = "spam-fast-adaptive";
+const ADD_SUB: &str = "add_sub";
+const ADD_SUB_OFF: &str = "add_sub-nobatch";
+
+/// The served cells, in the order of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cell {
+    Spam1,
+    Spam8,
+    Spam32,
+    SpamOff32,
+    SpamHalfLoad,
+    SpamHalfLoadUniform,
+    AddSubOn32,
+    AddSubOff32,
+    AddSubOn1,
+    AddSubOff1,
+    BurstFixed,
+    BurstAdaptive,
+}
+
+const CELLS: [Cell; 12] = [
+    Cell::Spam1,
+    Cell::Spam8,
+    Cell::Spam32,
+    Cell::SpamOff32,
+    Cell::SpamHalfLoad,
+    Cell::SpamHalfLoadUniform,
+    Cell::AddSubOn32,
+    Cell::AddSubOff32,
+    Cell::AddSubOn1,
+    Cell::AddSubOff1,
+    Cell::BurstFixed,
+    Cell::BurstAdaptive,
+];
+
+impl Cell {
+    fn key(self) -> &'static str {
+        match self {
+            Cell::Spam1 => "spam_accurate_c1",
+            Cell::Spam8 => "spam_accurate_c8",
+            Cell::Spam32 => "spam_accurate_c32",
+            Cell::SpamOff32 => "spam_accurate_nobatch_c32",
+            Cell::SpamHalfLoad => "spam_accurate_open_loop_half_poisson",
+            Cell::SpamHalfLoadUniform => "spam_accurate_open_loop_half_uniform",
+            Cell::AddSubOn32 => "add_sub_c32",
+            Cell::AddSubOff32 => "add_sub_nobatch_c32",
+            Cell::AddSubOn1 => "add_sub_c1",
+            Cell::AddSubOff1 => "add_sub_nobatch_c1",
+            Cell::BurstFixed => "spam_fast_bursty_fixed",
+            Cell::BurstAdaptive => "spam_fast_bursty_adaptive",
+        }
+    }
+
+    fn model(self) -> &'static str {
+        match self {
+            Cell::Spam1 | Cell::Spam8 | Cell::Spam32 | Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform => ACCURATE,
+            Cell::SpamOff32 => ACCURATE_OFF,
+            Cell::AddSubOn32 | Cell::AddSubOn1 => ADD_SUB,
+            Cell::AddSubOff32 | Cell::AddSubOff1 => ADD_SUB_OFF,
+            Cell::BurstFixed => FAST,
+            Cell::BurstAdaptive => FAST_ADAPTIVE,
+        }
+    }
+
+    fn is_spam_accurate(self) -> bool {
+        matches!(
+            self,
+            Cell::Spam1 | Cell::Spam8 | Cell::Spam32 | Cell::SpamOff32 | Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform
+        )
+    }
+}
+
+/// A `sluice serve` child process on free ports; stopped (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Child,
+    target: Target,
+    log: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    fn start(bin: &Path, repo: &Path, ort_lib: &Path, threads: usize, log: PathBuf) -> Result<Server> {
+        let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
+        let out = fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .args(["serve", "--host", "127.0.0.1", "--model-control-mode", "explicit"])
+            .arg("--model-repository")
+            .arg(repo)
+            .args(["--http-port", &http.to_string(), "--grpc-port", &grpc.to_string()])
+            .args(["--metrics-port", &metrics.to_string()])
+            .arg("--onnxruntime-lib")
+            .arg(ort_lib)
+            .args(["--onnx-intra-op-threads", &threads.to_string(), "--grace-period-secs", "2"])
+            .env("SLUICE_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {} (build it: cargo build --release -p sluice)", bin.display()))?;
+        Ok(Server {
+            child,
+            target: Target { http: format!("127.0.0.1:{http}"), grpc: Some(format!("127.0.0.1:{grpc}")) },
+            log,
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let s = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    async fn wait_live(&mut self) -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("sluice exited ({status}) before serving:\n{}", self.log_tail());
+            }
+            if let Ok((200, _)) = load::http_call(&self.target.http, "GET", "/v2/health/live", None).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("sluice did not come up in 60 s:\n{}", self.log_tail())
+    }
+
+    /// Loads a model through the repository API; `Err` carries the server's reason.
+    async fn load_model(&self, model: &str) -> Result<(), String> {
+        let path = format!("/v2/repository/models/{model}/load");
+        match load::http_call(&self.target.http, "POST", &path, Some("{}".into())).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn symlink(src: &Path, dst: &Path) -> Result<()> {
+    if !src.exists() {
+        bail!("missing {}", src.display());
+    }
+    if let Some(p) = dst.parent() {
+        fs::create_dir_all(p)?;
+    }
+    std::os::unix::fs::symlink(src, dst).with_context(|| format!("symlink {}", dst.display()))
+}
+
+/// A Triton config without its `dynamic_batching { ... }` block, under another name.
+fn without_dynamic_batching(config: &str, old_name: &str, new_name: &str) -> Result<String> {
+    let mut s = config.replace(&format!("name: \"{old_name}\""), &format!("name: \"{new_name}\""));
+    let start = s.find("dynamic_batching").ok_or_else(|| anyhow!("no dynamic_batching block"))?;
+    let open = start + s[start..].find('{').ok_or_else(|| anyhow!("dynamic_batching without '{{'"))?;
+    let mut depth = 0usize;
+    let mut close = None;
+    for (i, c) in s[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(open + i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(|| anyhow!("unbalanced dynamic_batching block"))?;
+    let end = s[close..].find('\n').map_or(s.len(), |n| close + n + 1);
+    s.replace_range(start..end, "");
+    Ok(s)
+}
+
+/// Writes the model repository: spam models linked from `shared`, add_sub from the examples.
+fn write_repository(dir: &Path, shared: &Path, args: &CompareArgs, threads: usize) -> Result<()> {
+    let spam = [
+        (ACCURATE, "spam-accurate", Batching::Fixed { delay_us: args.delay_us }),
+        (ACCURATE_OFF, "spam-accurate", Batching::Off),
+        (FAST, "spam-fast", Batching::Fixed { delay_us: args.delay_us }),
+        (FAST_ADAPTIVE, "spam-fast", Batching::Adaptive { max_p99_ms: args.adaptive_p99_ms }),
+    ];
+    for (name, src, batching) in spam {
+        symlink(&shared.join(src).join("model.onnx"), &dir.join(name).join("1/model.onnx"))?;
+        fs::write(dir.join(name).join("config.pbtxt"), inprocess::spam_pbtxt(name, threads, &batching))?;
+    }
+    let examples = repo_root().join("examples/models/add_sub");
+    let config = fs::read_to_string(examples.join("config.pbtxt"))?;
+    for name in [ADD_SUB, ADD_SUB_OFF] {
+        symlink(&examples.join("1/model.onnx"), &dir.join(name).join("1/model.onnx"))?;
+    }
+    fs::write(dir.join(ADD_SUB).join("config.pbtxt"), &config)?;
+    fs::write(dir.join(ADD_SUB_OFF).join("config.pbtxt"), without_dynamic_batching(&config, ADD_SUB, ADD_SUB_OFF)?)?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} CPU(s), {cpu}", cpus())
+}
+
+struct Workloads {
+    spam: Workload,
+    spam_off: Workload,
+    fast: Workload,
+    fast_adaptive: Workload,
+    add_sub: Workload,
+    add_sub_off: Workload,
+}
+
+/// Everything measured, per round.
+#[derive(Default)]
+struct Results {
+    inprocess: Vec<Vec<BatchRun>>,
+    served: BTreeMap<Cell, Vec<LoadResult>>,
+    /// served throughput / the same round's in-process best.
+    ratio: BTreeMap<Cell, Vec<f64>>,
+}
+
+impl Results {
+    fn best(&self, round: usize) -> Option<&BatchRun> {
+        inprocess::best(&self.inprocess[round])
+    }
+}
+
+pub fn run(
+    args: CompareArgs,
+    shared: &Path,
+    ort_lib: Option<&Path>,
+    limit: Option<usize>,
+    client_threads: usize,
+) -> Result<()> {
+    let threads = args.threads.unwrap_or_else(cpus);
+    let bin = args.sluice_bin.clone().unwrap_or_else(|| repo_root().join("target/release/sluice"));
+    if !bin.is_file() {
+        bail!("{} not found: cargo build --release -p sluice (or --sluice-bin)", bin.display());
+    }
+    let started = Instant::now();
+    eprintln!("tokenizing the emails...");
+    let emails = data::emails(shared, "spam-accurate", limit)?;
+    let (mean_len, median_len, capped) = data::length_summary(&emails);
+    eprintln!(
+        "{} emails, tokens mean {mean_len:.1}, median {median_len}, {:.0}% at the 128 cap",
+        emails.len(),
+        capped * 100.0
+    );
+    let lib = inprocess::init_ort(ort_lib)?;
+    let mut instance = inprocess::load(shared, "spam-accurate", threads)?;
+
+    let tmp = tempfile::Builder::new().prefix("spam-bench-").tempdir()?;
+    let repo = tmp.path().join("models");
+    write_repository(&repo, shared, &args, threads)?;
+    let rt = runtime(client_threads)?;
+    let mut server = Server::start(&bin, &repo, &lib, threads, tmp.path().join("sluice.log"))?;
+    let mut unavailable: BTreeMap<Cell, String> = BTreeMap::new();
+    rt.block_on(async {
+        server.wait_live().await?;
+        for m in [ACCURATE, ACCURATE_OFF, FAST, FAST_ADAPTIVE, ADD_SUB, ADD_SUB_OFF] {
+            if let Err(why) = server.load_model(m).await {
+                if m == FAST_ADAPTIVE {
+                    eprintln!("adaptive batching config rejected ({why}): reporting it as not available yet");
+                    unavailable.insert(Cell::BurstAdaptive, why);
+                } else {
+                    bail!("loading {m}: {why}\n{}", server.log_tail());
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let spam_transport = if args.grpc { Transport::Grpc } else { Transport::Http };
+    let wl = Workloads {
+        spam: Workload::spam(ACCURATE, spam_transport, &emails)?,
+        spam_off: Workload::spam(ACCURATE_OFF, spam_transport, &emails)?,
+        fast: Workload::spam(FAST, spam_transport, &emails)?,
+        fast_adaptive: Workload::spam(FAST_ADAPTIVE, spam_transport, &emails)?,
+        add_sub: Workload::add_sub(ADD_SUB, Transport::Http)?,
+        add_sub_off: Workload::add_sub(ADD_SUB_OFF, Transport::Http)?,
+    };
+
+    let mut res = Results::default();
+    let target = server.target.clone();
+    for round in 0..args.rounds {
+        eprintln!("round {}/{}: in-process spam-accurate, {threads} thread(s)", round + 1, args.rounds);
+        let runs = inprocess::sweep(instance.as_mut(), &emails, &args.batch_sizes, args.inprocess_seconds)?;
+        for r in &runs {
+            eprintln!(
+                "  in-process batch {:>2}: {:.1} inferences/s, {:.2} ms per batch (p50)",
+                r.batch_size, r.per_sec, r.batch_ms.p50
+            );
+        }
+        res.inprocess.push(runs);
+        let best = res.best(round).map_or(f64::NAN, |b| b.per_sec);
+        // Served cells rotate by one place per round, so that none always runs first or last.
+        let mut order: Vec<Cell> = CELLS.iter().copied().filter(|c| !unavailable.contains_key(c)).collect();
+        let n = order.len();
+        order.rotate_left(round % n.max(1));
+        for cell in order {
+            let r = rt.block_on(run_cell(cell, &args, &target, &wl, best))?;
+            r.print(&format!("  {}", cell.key()));
+            if cell.is_spam_accurate() {
+                res.ratio.entry(cell).or_default().push(r.per_sec / best);
+            }
+            res.served.entry(cell).or_default().push(r);
+        }
+    }
+    drop(server);
+
+    let adaptive_config = fs::read_to_string(repo.join(FAST_ADAPTIVE).join("config.pbtxt")).unwrap_or_default();
+    let table = render(&res, &args, threads, &unavailable, spam_transport);
+    let command: Vec<String> = std::env::args().collect();
+    println!();
+    println!("{table}");
+    let out = args.json.clone().unwrap_or_else(|| repo_root().join("bench/results/spam-bench.json"));
+    if let Some(p) = out.parent() {
+        fs::create_dir_all(p)?;
+    }
+    let json = to_json(&res, &args, threads, &unavailable, &command, mean_len, median_len, capped, &adaptive_config);
+    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {} ({:.0} s in all)", out.display(), started.elapsed().as_secs_f64());
+    if args.keep_repo {
+        let kept = tmp.keep();
+        eprintln!("kept the model repository and server log in {}", kept.display());
+    }
+    Ok(())
+}
+
+async fn run_cell(cell: Cell, args: &CompareArgs, target: &Target, wl: &Workloads, best: f64) -> Result<LoadResult> {
+    let secs = Duration::from_secs_f64(args.seconds);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let closed = |c: usize| vec![Phase { concurrency: c, duration: secs }];
+    let burst = || {
+        let p = Duration::from_secs_f64(args.burst_phase_secs);
+        (0..args.burst_cycles)
+            .flat_map(|_| {
+                [
+                    Phase { concurrency: args.burst_high, duration: p },
+                    Phase { concurrency: args.burst_low, duration: p },
+                ]
+            })
+            .collect::<Vec<_>>()
+    };
+    match cell {
+        Cell::Spam1 => load::run_phases(target, &wl.spam, &closed(1), warmup).await,
+        Cell::Spam8 => load::run_phases(target, &wl.spam, &closed(8), warmup).await,
+        Cell::Spam32 => load::run_phases(target, &wl.spam, &closed(32), warmup).await,
+        Cell::SpamOff32 => load::run_phases(target, &wl.spam_off, &closed(32), warmup).await,
+        Cell::SpamHalfLoad => {
+            load::run_open(target, &wl.spam, best * args.half_load, Arrivals::Poisson, secs, warmup, 64).await
+        }
+        Cell::SpamHalfLoadUniform => {
+            load::run_open(target, &wl.spam, best * args.half_load, Arrivals::Uniform, secs, warmup, 64).await
+        }
+        Cell::AddSubOn32 => load::run_phases(target, &wl.add_sub, &closed(32), warmup).await,
+        Cell::AddSubOff32 => load::run_phases(target, &wl.add_sub_off, &closed(32), warmup).await,
+        Cell::AddSubOn1 => load::run_phases(target, &wl.add_sub, &closed(1), warmup).await,
+        Cell::AddSubOff1 => load::run_phases(target, &wl.add_sub_off, &closed(1), warmup).await,
+        Cell::BurstFixed => load::run_phases(target, &wl.fast, &burst(), warmup).await,
+        Cell::BurstAdaptive => load::run_phases(target, &wl.fast_adaptive, &burst(), warmup).await,
+    }
+}
+
+fn f(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".into()
+    }
+}
+
+/// Microseconds: one decimal below 100, none above.
+fn queue_us(x: f64) -> String {
+    f(x, if x < 100.0 { 1 } else { 0 })
+}
+
+fn med_of(rs: &[LoadResult], g: impl Fn(&LoadResult) -> f64) -> f64 {
+    median(&rs.iter().map(g).collect::<Vec<_>>())
+}
+
+fn label(cell: Cell, args: &CompareArgs, transport: Transport) -> (String, String) {
+    let t = transport.name();
+    let on = format!("batching on ({} µs)", args.delay_us);
+    match cell {
+        Cell::Spam1 => (format!("served spam-accurate, {on}, {t}"), "1".into()),
+        Cell::Spam8 => (format!("served spam-accurate, {on}, {t}"), "8".into()),
+        Cell::Spam32 => (format!("served spam-accurate, {on}, {t}"), "32".into()),
+        Cell::SpamOff32 => (format!("served spam-accurate, batching off, {t}"), "32".into()),
+        Cell::SpamHalfLoad => (
+            format!(
+                "served spam-accurate, {on}, {t}, Poisson arrivals at {:.0}% of in-process best",
+                args.half_load * 100.0
+            ),
+            "open loop".into(),
+        ),
+        Cell::SpamHalfLoadUniform => (
+            format!(
+                "served spam-accurate, {on}, {t}, evenly spaced arrivals at {:.0}% of in-process best",
+                args.half_load * 100.0
+            ),
+            "open loop".into(),
+        ),
+        Cell::AddSubOn32 => ("add_sub, batching on (example config, 100 µs), HTTP binary".into(), "32".into()),
+        Cell::AddSubOff32 => ("add_sub, batching off, HTTP binary".into(), "32".into()),
+        Cell::AddSubOn1 => ("add_sub, batching on (example config, 100 µs), HTTP binary".into(), "1".into()),
+        Cell::AddSubOff1 => ("add_sub, batching off, HTTP binary".into(), "1".into()),
+        Cell::BurstFixed => (
+            format!("spam-fast bursty, fixed delay ({} µs), {t}", args.delay_us),
+            format!("{}↔{}", args.burst_high, args.burst_low),
+        ),
+        Cell::BurstAdaptive => (
+            format!("spam-fast bursty, adaptive (p99 ≤ {} ms), {t}", args.adaptive_p99_ms),
+            format!("{}↔{}", args.burst_high, args.burst_low),
+        ),
+    }
+}
+
+fn render(
+    res: &Results,
+    args: &CompareArgs,
+    threads: usize,
+    unavailable: &BTreeMap<Cell, String>,
+    transport: Transport,
+) -> String {
+    let mut t = String::new();
+    let rounds = res.inprocess.len();
+    t.push_str(&format!(
+        "Machine: {}. ONNX Runtime intra-op threads: {threads}. {rounds} interleaved round(s), {} s per served cell; \
+         medians over rounds (ratios: median of per-round ratios).\n\n",
+        machine(),
+        args.seconds
+    ));
+    t.push_str(
+        "| what | clients | inferences/s | vs in-process best | p50 ms | p99 ms | avg batch | server queue µs/req | \
+         queue µs p50 / p99 (header) | errors |\n",
+    );
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    // In-process rows: the best batch size of each round, and batch 1 (the compute time).
+    let bests: Vec<&BatchRun> = (0..rounds).filter_map(|r| res.best(r)).collect();
+    let best_rate = median(&bests.iter().map(|b| b.per_sec).collect::<Vec<_>>());
+    let mut sizes: Vec<usize> = bests.iter().map(|b| b.batch_size).collect();
+    sizes.dedup();
+    t.push_str(&format!(
+        "| in-process spam-accurate, best batch ({}) | – | {} | 1.00 | {} | {} | {} | – | – | – |\n",
+        sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("/"),
+        f(best_rate, 1),
+        f(median(&bests.iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>()), 2),
+        f(median(&bests.iter().map(|b| b.batch_ms.p99).collect::<Vec<_>>()), 2),
+        f(median(&bests.iter().map(|b| b.batch_size as f64).collect::<Vec<_>>()), 0),
+    ));
+    let b1 = batch1(res);
+    if !b1.is_empty() {
+        t.push_str(&format!(
+            "| in-process spam-accurate, batch 1 (compute time) | – | {} | {} | {} | {} | 1 | – | – | – |\n",
+            f(median(&b1.iter().map(|b| b.per_sec).collect::<Vec<_>>()), 1),
+            f(median(&per_round_ratio(res, |r| r.iter().find(|b| b.batch_size == 1).map(|b| b.per_sec))), 2),
+            f(median(&b1.iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>()), 2),
+            f(median(&b1.iter().map(|b| b.batch_ms.p99).collect::<Vec<_>>()), 2),
+        ));
+    }
+    for cell in CELLS {
+        let (what, clients) = label(cell, args, transport);
+        if let Some(why) = unavailable.get(&cell) {
+            let why: String = why.chars().take(160).collect();
+            t.push_str(&format!(
+                "| {what} | {clients} | not available yet ({}) | | | | | | | |\n",
+                why.replace('|', "/")
+            ));
+            continue;
+        }
+        let Some(rs) = res.served.get(&cell) else { continue };
+        let ratio = res.ratio.get(&cell).map_or(f64::NAN, |v| median(v));
+        let header = med_of(rs, |r| r.queue_us.p50);
+        let header = if header.is_finite() {
+            format!("{} / {}", queue_us(header), queue_us(med_of(rs, |r| r.queue_us.p99)))
+        } else {
+            "–".into()
+        };
+        let rate = if matches!(cell, Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform) {
+            format!(
+                "{} (offered {})",
+                f(med_of(rs, |r| r.per_sec), 1),
+                f(med_of(rs, |r| r.offered_per_sec.unwrap_or(f64::NAN)), 1)
+            )
+        } else {
+            f(med_of(rs, |r| r.per_sec), 1)
+        };
+        t.push_str(&format!(
+            "| {what} | {clients} | {rate} | {} | {} | {} | {} | {} | {header} | {} |\n",
+            f(ratio, 2),
+            f(med_of(rs, |r| r.latency_ms.p50), 2),
+            f(med_of(rs, |r| r.latency_ms.p99), 2),
+            f(med_of(rs, |r| r.server.avg_batch), 2),
+            queue_us(med_of(rs, |r| r.server.queue_us_per_request)),
+            rs.iter().map(LoadResult::error_count).sum::<u64>(),
+        ));
+    }
+    t.push('\n');
+    t.push_str(&targets(res, unavailable));
+    t
+}
+
+fn batch1(res: &Results) -> Vec<&BatchRun> {
+    res.inprocess.iter().filter_map(|r| r.iter().find(|b| b.batch_size == 1)).collect()
+}
+
+fn per_round_ratio(res: &Results, g: impl Fn(&[BatchRun]) -> Option<f64>) -> Vec<f64> {
+    (0..res.inprocess.len()).filter_map(|r| Some(g(&res.inprocess[r])? / res.best(r)?.per_sec)).collect()
+}
+
+/// Per-round ratio of two served cells' throughput.
+fn served_ratio(res: &Results, a: Cell, b: Cell) -> f64 {
+    match (res.served.get(&a), res.served.get(&b)) {
+        (Some(x), Some(y)) => median(&x.iter().zip(y).map(|(x, y)| x.per_sec / y.per_sec).collect::<Vec<_>>()),
+        _ => f64::NAN,
+    }
+}
+
+fn targets(res: &Results, unavailable: &BTreeMap<Cell, String>) -> String {
+    let mut t = String::from("Against issue 3's targets (reported, not asserted):\n\n");
+    let r32 = res.ratio.get(&Cell::Spam32).map_or(f64::NAN, |v| median(v));
+    t.push_str(&format!(
+        "- served throughput at concurrency 32 / in-process best: {} (target ≥ 0.90){}\n",
+        f(r32, 2),
+        verdict(r32 >= 0.9, r32)
+    ));
+    let compute = median(&batch1(res).iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>());
+    for (cell, name) in [(Cell::SpamHalfLoad, "Poisson"), (Cell::SpamHalfLoadUniform, "evenly spaced")] {
+        let p99 = res.served.get(&cell).map_or(f64::NAN, |rs| med_of(rs, |r| r.latency_ms.p99));
+        t.push_str(&format!(
+            "- p99 at half the in-process best load ({name} arrivals): {} ms; 2 × batch-1 compute time \
+             (p50 {} ms) = {} ms{}\n",
+            f(p99, 2),
+            f(compute, 2),
+            f(2.0 * compute, 2),
+            verdict(p99 <= 2.0 * compute, p99 + compute)
+        ));
+    }
+    for (cell, name) in [(Cell::AddSubOn1, "batching on"), (Cell::AddSubOff1, "batching off")] {
+        let q = res.served.get(&cell).map_or(f64::NAN, |rs| med_of(rs, |r| r.queue_us.p50));
+        t.push_str(&format!(
+            "- add_sub ({name}) at concurrency 1, server-side queue time p50: {} µs (target < 50 µs){}\n",
+            queue_us(q),
+            verdict(q < 50.0, q)
+        ));
+    }
+    t.push_str(&format!(
+        "- batching on / off at concurrency 32: spam-accurate {}×, add_sub {}×\n",
+        f(served_ratio(res, Cell::Spam32, Cell::SpamOff32), 2),
+        f(served_ratio(res, Cell::AddSubOn32, Cell::AddSubOff32), 2)
+    ));
+    if unavailable.contains_key(&Cell::BurstAdaptive) {
+        t.push_str("- adaptive versus fixed delay on the bursty load: not available yet (config rejected)\n");
+    } else {
+        let p = |c: Cell, g: fn(&LoadResult) -> f64| res.served.get(&c).map_or(f64::NAN, |rs| med_of(rs, g));
+        t.push_str(&format!(
+            "- adaptive / fixed on the bursty load: throughput {}×, p99 {} ms vs {} ms\n",
+            f(served_ratio(res, Cell::BurstAdaptive, Cell::BurstFixed), 2),
+            f(p(Cell::BurstAdaptive, |r| r.latency_ms.p99), 2),
+            f(p(Cell::BurstFixed, |r| r.latency_ms.p99), 2)
+        ));
+    }
+    t
+}
+
+fn verdict(ok: bool, x: f64) -> &'static str {
+    if !x.is_finite() {
+        ""
+    } else if ok {
+        ": met"
+    } else {
+        ": not met"
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn to_json(
+    res: &Results,
+    args: &CompareArgs,
+    threads: usize,
+    unavailable: &BTreeMap<Cell, String>,
+    command: &[String],
+    mean_len: f64,
+    median_len: usize,
+    capped: f64,
+    adaptive_config: &str,
+) -> Value {
+    let rounds: Vec<Value> = (0..res.inprocess.len())
+        .map(|r| {
+            let mut served = serde_json::Map::new();
+            for (cell, rs) in &res.served {
+                if let Some(x) = rs.get(r) {
+                    served.insert(cell.key().into(), x.to_json());
+                }
+            }
+            json!({
+                "inprocess": res.inprocess[r].iter().map(|b| json!({
+                    "batch_size": b.batch_size, "per_sec": num(b.per_sec), "inferences": b.inferences,
+                    "seconds": b.seconds, "batch_ms": b.batch_ms.to_json(),
+                })).collect::<Vec<_>>(),
+                "served": served,
+            })
+        })
+        .collect();
+    let mut medians = serde_json::Map::new();
+    for (cell, rs) in &res.served {
+        medians.insert(
+            cell.key().into(),
+            json!({
+                "model": cell.model(),
+                "per_sec": num(med_of(rs, |r| r.per_sec)),
+                "vs_inprocess_best": res.ratio.get(cell).map(|v| num(median(v))),
+                "p50_ms": num(med_of(rs, |r| r.latency_ms.p50)),
+                "p99_ms": num(med_of(rs, |r| r.latency_ms.p99)),
+                "avg_batch": num(med_of(rs, |r| r.server.avg_batch)),
+                "server_queue_us_per_request": num(med_of(rs, |r| r.server.queue_us_per_request)),
+                "header_queue_us_p50": num(med_of(rs, |r| r.queue_us.p50)),
+                "header_queue_us_p99": num(med_of(rs, |r| r.queue_us.p99)),
+                "errors": rs.iter().map(LoadResult::error_count).sum::<u64>(),
+            }),
+        );
+    }
+    let bests: Vec<f64> = (0..res.inprocess.len()).filter_map(|r| res.best(r).map(|b| b.per_sec)).collect();
+    json!({
+        "command": command.join(" "),
+        "machine": machine(),
+        "threads": threads,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "delay_us": args.delay_us,
+        "adaptive_p99_ms": args.adaptive_p99_ms,
+        "emails": {"mean_tokens": mean_len, "median_tokens": median_len, "share_at_cap": capped},
+        "inprocess_best_per_sec": num(median(&bests)),
+        "batch1_compute_ms_p50": num(median(&batch1(res).iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>())),
+        "medians": medians,
+        "unavailable": unavailable.iter().map(|(c, why)| (c.key().to_string(), json!(why))).collect::<serde_json::Map<_, _>>(),
+        "adaptive_config": adaptive_config,
+        "per_round": rounds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_dynamic_batching() {
+        let c = "name: \"add_sub\"\nmax_batch_size: 8\ndynamic_batching {\n  max_queue_delay_microseconds: 100\n  \
+                 default_queue_policy { max_queue_size: 4 }\n}\ninstance_group [ { count: 1 } ]\n";
+        let s = without_dynamic_batching(c, "add_sub", "add_sub-nobatch").unwrap();
+        assert_eq!(s, "name: \"add_sub-nobatch\"\nmax_batch_size: 8\ninstance_group [ { count: 1 } ]\n");
+    }
+}

@@ -1,0 +1,110 @@
+//! Real email text from the SpamAssassin set, tokenized as the models were trained: BERT uncased
+//! WordPiece from the model's `tokenizer.json`, truncated to 128 tokens, not padded.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use tokenizers::{Tokenizer, TruncationParams};
+
+/// Longest token sequence, as the shipped tokenizer truncates.
+pub const MAX_TOKENS: usize = 128;
+/// Characters of `subject + ". " + body` the models were trained on.
+pub const MAX_CHARS: usize = 1000;
+
+/// The emails' texts: `spamassassin.jsonl` (`(subject + ". " + body)[:1000]`), else the `text`
+/// field of `samples.jsonl`.
+pub fn load_texts(shared: &Path) -> Result<Vec<String>> {
+    let dir = shared.join("datasets/spamassassin");
+    let full = dir.join("spamassassin.jsonl");
+    let (file, from_samples) = if full.is_file() { (full, false) } else { (dir.join("samples.jsonl"), true) };
+    let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut texts = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("{}:{}", file.display(), i + 1))?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+        let text =
+            if from_samples { field("text").to_string() } else { format!("{}. {}", field("subject"), field("body")) };
+        // Python's `[:1000]` counts code points.
+        texts.push(text.chars().take(MAX_CHARS).collect());
+    }
+    if texts.is_empty() {
+        bail!("{} holds no emails", file.display());
+    }
+    Ok(texts)
+}
+
+/// Token ids of each text: special tokens added, truncated to [`MAX_TOKENS`], no padding.
+pub fn tokenize(tokenizer_json: &Path, texts: &[String]) -> Result<Vec<Vec<i64>>> {
+    let mut tok = Tokenizer::from_file(tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_json.display()))?;
+    tok.with_padding(None);
+    tok.with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+        .map_err(|e| anyhow::anyhow!("truncation: {e}"))?;
+    texts
+        .iter()
+        .map(|t| {
+            let enc = tok.encode(t.as_str(), true).map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+            Ok(enc.get_ids().iter().map(|&id| id as i64).collect())
+        })
+        .collect()
+}
+
+/// A fixed permutation (xorshift, seed 3) so that any prefix is a fair sample of the set, which
+/// is stored grouped by folder (ham first, then spam).
+pub fn shuffle<T>(items: &mut [T]) {
+    let mut rng = Rng::new(3);
+    for i in (1..items.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// Loads, tokenizes and shuffles the emails.
+pub fn emails(shared: &Path, model: &str, limit: Option<usize>) -> Result<Vec<Vec<i64>>> {
+    let texts = load_texts(shared)?;
+    let mut ids = tokenize(&shared.join(model).join("tokenizer.json"), &texts)?;
+    shuffle(&mut ids);
+    if let Some(n) = limit {
+        ids.truncate(n.max(1));
+    }
+    Ok(ids)
+}
+
+/// Token count summary: (mean, median, share at the 128 cap).
+pub fn length_summary(emails: &[Vec<i64>]) -> (f64, usize, f64) {
+    let mut lens: Vec<usize> = emails.iter().map(Vec::len).collect();
+    lens.sort_unstable();
+    let n = lens.len().max(1) as f64;
+    let mean = lens.iter().sum::<usize>() as f64 / n;
+    let capped = lens.iter().filter(|&&l| l >= MAX_TOKENS).count() as f64 / n;
+    (mean, lens.get(lens.len() / 2).copied().unwrap_or(0), capped)
+}
+
+/// xorshift64*: enough randomness for shuffles and Poisson arrivals, and reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in (0, 1].
+    pub fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}

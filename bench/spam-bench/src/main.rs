@@ -1,0 +1,211 @@
+//! `spam-bench`: issue 3's benchmarks on the real spam classifiers (MiniLM encoders, int8) with
+//! real email text.
+//!
+//! * `inprocess`: the physical limit, the ONNX Runtime session driven in-process through
+//!   Sluice's own backend at each batch size;
+//! * `serve-load`: N concurrent batch-1 clients against a running Sluice (HTTP binary or gRPC);
+//! * `compare`: starts Sluice itself and runs the whole table in interleaved rounds.
+//!
+//! Build with `cargo build --release -p spam-bench -p sluice`; see docs/benchmarks.md.
+
+mod compare;
+mod data;
+mod inprocess;
+mod load;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::load::{Phase, Target, Transport, Workload};
+
+#[derive(Parser)]
+#[command(
+    name = "spam-bench",
+    about = "Sluice on the real spam classifiers: in-process limit, served load, comparison"
+)]
+struct Cli {
+    /// The shared models folder (default: <repo root>/../shared/models).
+    #[arg(long, global = true)]
+    shared: Option<PathBuf>,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, $SLUICE_HOME/lib, python3's onnxruntime).
+    #[arg(long, global = true)]
+    onnxruntime_lib: Option<PathBuf>,
+    /// Use only the first N emails (after a fixed shuffle); default all 6046.
+    #[arg(long, global = true)]
+    emails: Option<usize>,
+    /// Threads of the load generator's tokio runtime (1 = current-thread runtime, the least
+    /// interference with the server on a small machine).
+    #[arg(long, global = true, default_value_t = 1)]
+    client_threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive the model in-process through Sluice's ONNX backend at each batch size.
+    Inprocess(InprocessArgs),
+    /// Drive a running Sluice with concurrent batch-1 clients.
+    ServeLoad(ServeLoadArgs),
+    /// Start Sluice and run the whole comparison (issue 3's table) in interleaved rounds.
+    Compare(compare::CompareArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SpamModel {
+    SpamAccurate,
+    SpamFast,
+}
+
+impl SpamModel {
+    pub fn dir(self) -> &'static str {
+        match self {
+            SpamModel::SpamAccurate => "spam-accurate",
+            SpamModel::SpamFast => "spam-fast",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct InprocessArgs {
+    #[arg(long, value_enum, default_value = "spam-accurate")]
+    model: SpamModel,
+    /// ONNX Runtime intra-op threads (as the server's `intra_op_thread_count`); default: CPUs.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
+    batch_sizes: Vec<usize>,
+    /// Seconds per batch size.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WorkloadKind {
+    /// add_sub when the model name starts with "add_sub", else emails.
+    Auto,
+    Spam,
+    AddSub,
+}
+
+#[derive(clap::Args)]
+struct ServeLoadArgs {
+    /// host:port of Sluice's HTTP edge (statistics are read there in every mode).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    url: String,
+    /// host:port of the gRPC edge (default: the HTTP port + 1).
+    #[arg(long)]
+    grpc_url: Option<String>,
+    #[arg(long)]
+    model: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Send over gRPC instead of HTTP binary.
+    #[arg(long)]
+    grpc: bool,
+    /// Also run an open-loop Poisson load at this many requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, value_enum, default_value = "auto")]
+    workload: WorkloadKind,
+}
+
+fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+fn shared_dir(cli: Option<&Path>) -> Result<PathBuf> {
+    let dir = match cli {
+        Some(d) => d.to_path_buf(),
+        None => repo_root().join("../shared/models"),
+    };
+    if !dir.is_dir() {
+        bail!("shared models folder not found: {} (use --shared DIR)", dir.display());
+    }
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    Ok(rt)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let shared = shared_dir(cli.shared.as_deref())?;
+    match cli.command {
+        Command::Inprocess(a) => {
+            let threads = a.threads.unwrap_or_else(cpus);
+            let emails = data::emails(&shared, a.model.dir(), cli.emails)?;
+            inprocess::init_ort(cli.onnxruntime_lib.as_deref())?;
+            let mut instance = inprocess::load(&shared, a.model.dir(), threads)?;
+            let runs = inprocess::sweep(instance.as_mut(), &emails, &a.batch_sizes, a.seconds)?;
+            inprocess::print_sweep(a.model.dir(), threads, &runs);
+            Ok(())
+        }
+        Command::ServeLoad(a) => {
+            let kind = match a.workload {
+                WorkloadKind::Auto if a.model.starts_with("add_sub") => WorkloadKind::AddSub,
+                WorkloadKind::Auto => WorkloadKind::Spam,
+                k => k,
+            };
+            let transport = if a.grpc { Transport::Grpc } else { Transport::Http };
+            let wl = match kind {
+                WorkloadKind::AddSub => Workload::add_sub(&a.model, transport)?,
+                _ => {
+                    let emails = data::emails(&shared, SpamModel::SpamAccurate.dir(), cli.emails)?;
+                    Workload::spam(&a.model, transport, &emails)?
+                }
+            };
+            let grpc = match a.grpc_url {
+                Some(g) => g,
+                None => {
+                    let (host, port) = a.url.rsplit_once(':').context("--url must be host:port")?;
+                    format!("{host}:{}", port.parse::<u16>()? + 1)
+                }
+            };
+            let target = Target { http: a.url.clone(), grpc: Some(grpc) };
+            let rt = runtime(cli.client_threads)?;
+            rt.block_on(async {
+                for &c in &a.concurrency {
+                    let phases = [Phase { concurrency: c, duration: Duration::from_secs_f64(a.seconds) }];
+                    let r = load::run_phases(&target, &wl, &phases, Duration::from_secs_f64(a.warmup)).await?;
+                    r.print(&format!("{} {} concurrency {c}", a.model, transport.name()));
+                }
+                if let Some(rate) = a.rate {
+                    let r = load::run_open(
+                        &target,
+                        &wl,
+                        rate,
+                        load::Arrivals::Poisson,
+                        Duration::from_secs_f64(a.seconds),
+                        Duration::from_secs_f64(a.warmup),
+                        64,
+                    )
+                    .await?;
+                    r.print(&format!("{} {} open loop {rate}/s", a.model, transport.name()));
+                }
+                Ok(())
+            })
+        }
+        Command::Compare(a) => compare::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads),
+    }
+}
