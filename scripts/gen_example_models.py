@@ -115,9 +115,7 @@ output [
     dims: [ 16 ]
   }
 ]
-dynamic_batching {
-  max_queue_delay_microseconds: 100
-}
+dynamic_batching { }
 instance_group [
   {
     count: 1
@@ -260,7 +258,7 @@ regenerate them byte for byte, `--check` to verify). Serve them with:
 
 | model | config | inputs | outputs | what it exercises |
 |---|---|---|---|---|
-| `add_sub` | `config.pbtxt` | `INPUT0`, `INPUT1` FP32 `[-1, 16]` | `OUTPUT0` = INPUT0 + INPUT1, `OUTPUT1` = INPUT0 − INPUT1, FP32 `[-1, 16]` | Triton's classic example: `max_batch_size: 8`, dynamic batching (100 µs delay), one CPU instance; used by the conformance tests and `perf_analyzer` |
+| `add_sub` | `config.pbtxt` | `INPUT0`, `INPUT1` FP32 `[-1, 16]` | `OUTPUT0` = INPUT0 + INPUT1, `OUTPUT1` = INPUT0 − INPUT1, FP32 `[-1, 16]` | Triton's classic example: `max_batch_size: 8`, dynamic batching (no delay: whatever is queued when the instance is free runs as one batch), one CPU instance; used by the conformance tests and `perf_analyzer` |
 | `identity` | none (auto-complete) | `INPUT0` INT32, ONNX shape `[N]` | `OUTPUT0` INT32 `[N]` | configuration auto-completed from the ONNX file; raw binary requests (`Inference-Header-Content-Length: 0`); unload / load |
 | `identity_bytes` | `config.pbtxt` | `INPUT0` BYTES (`TYPE_STRING`) `[-1]` | `OUTPUT0` BYTES `[-1]` | string tensors in JSON, binary and gRPC; `max_batch_size: 0` |
 | `iris` | `config.yaml` | `input` FP32 `[-1, 4]` | `label` INT64 (ONNX `[N]`, config `dims: [1]` + `reshape: { shape: [] }`), `probabilities` FP32 `[-1, 3]` | a real scikit-learn `LogisticRegression` trained on the iris data set, exported with skl2onnx (`zipmap=False`); YAML config; `max_batch_size: 16` |

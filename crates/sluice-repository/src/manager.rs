@@ -456,6 +456,10 @@ impl Actor {
                         rec.versions.clear();
                     }
                 }
+                // A name that is in no repository leaves no trace in the index.
+                if matches!(e, ServeError::NotFound(_)) && self.table.get(name).is_some_and(|r| r.versions.is_empty()) {
+                    self.table.remove(name);
+                }
                 self.publish();
                 Err(e)
             }

@@ -287,3 +287,18 @@ async fn poll_mode_follows_the_repository() {
     assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 503);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn loading_an_unknown_model_leaves_no_record() {
+    let repo = standard_repo();
+    let server = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", server.http_addr);
+    let r = c.post(format!("{base}/v2/repository/models/ghost/load")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+    assert!(!index.as_array().unwrap().iter().any(|e| e["name"] == "ghost"), "{index}");
+    let r = c.post(format!("{base}/v2/repository/models/ghost/unload")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    server.shutdown().await;
+}
