@@ -135,7 +135,7 @@ def test_http_model_config_add_sub(http_client):
         "OUTPUT1": ("TYPE_FP32", [16]),
     }
     assert "dynamic_batching" in cfg
-    assert int(cfg["dynamic_batching"].get("max_queue_delay_microseconds", 0)) == 100
+    assert int(cfg["dynamic_batching"].get("max_queue_delay_microseconds", 0)) == 0  # `dynamic_batching { }`: no delay
     groups = cfg.get("instance_group", [])
     assert sum(int(g.get("count", 1)) for g in groups) == 1
     assert all(g.get("kind", "KIND_CPU") == "KIND_CPU" for g in groups)
@@ -158,7 +158,7 @@ def test_grpc_model_config_add_sub(grpc_client):
     ]
     assert sorted(t.name for t in cfg.output) == ["OUTPUT0", "OUTPUT1"]
     assert cfg.HasField("dynamic_batching")
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
     # The JSON rendering that tritonclient offers must work too.
     js = grpc_client.get_model_config("add_sub", as_json=True)["config"]
     assert js["name"] == "add_sub" and int(js["max_batch_size"]) == 8
