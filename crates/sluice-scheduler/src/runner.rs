@@ -489,6 +489,16 @@ mod tests {
         (r, batches)
     }
 
+    /// Submits `n` requests concurrently.
+    fn submit_all(r: &ModelRunner, n: usize) -> Vec<tokio::task::JoinHandle<Result<Executed, ServeError>>> {
+        (0..n)
+            .map(|i| {
+                let r = r.clone();
+                tokio::spawn(async move { r.submit(sub(i as f32)).await })
+            })
+            .collect()
+    }
+
     fn sub(x: f32) -> Submission {
         Submission { inputs: vec![Tensor::from_vec("x", vec![1, 1], vec![x])], batch_size: 1, ..Default::default() }
     }
@@ -523,14 +533,7 @@ mod tests {
     #[tokio::test]
     async fn without_dynamic_batching_one_request_per_execution() {
         let (r, batches) = runner(&config(None), 0, QueueLimits::default());
-        let hs: Vec<_> = (0..4)
-            .map(|i| {
-                tokio::spawn({
-                    let r = r.clone();
-                    async move { r.submit(sub(i as f32)).await }
-                })
-            })
-            .collect();
+        let hs = submit_all(&r, 4);
         for h in hs {
             h.await.unwrap().unwrap();
         }
@@ -540,14 +543,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_is_resource_exhausted() {
         let (r, _) = runner(&config(None), 50, QueueLimits { max_requests: 1, max_bytes: 0 });
-        let hs: Vec<_> = (0..4)
-            .map(|i| {
-                tokio::spawn({
-                    let r = r.clone();
-                    async move { r.submit(sub(i as f32)).await }
-                })
-            })
-            .collect();
+        let hs = submit_all(&r, 4);
         let mut exhausted = 0;
         for h in hs {
             if let Err(ServeError::ResourceExhausted { .. }) = h.await.unwrap() {

@@ -234,14 +234,6 @@ async fn reload_under_load_loses_nothing() {
     server.shutdown().await;
 }
 
-fn slow_repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let v = dir.path().join("slow/1");
-    std::fs::create_dir_all(&v).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/slow.onnx"), v.join("model.onnx")).unwrap();
-    dir
-}
-
 async fn executing(server: &RunningServer) -> bool {
     let m = reqwest::get(format!("http://{}/metrics", server.metrics_addr)).await.unwrap().text().await.unwrap();
     m.contains("sluice_inference_executing_count{model=\"slow\",version=\"1\"} 1")

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -15,14 +14,6 @@ use sluice_server::{EngineOptions, RunningServer, ServerConfig};
 
 /// Big enough to keep the only instance busy for a good while (about 2^37 flops).
 const SLOW: i64 = 4000;
-
-fn slow_repo() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let v = dir.path().join("slow/1");
-    std::fs::create_dir_all(&v).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/slow.onnx"), v.join("model.onnx")).unwrap();
-    dir
-}
 
 fn body(n: i64, timeout_us: Option<u64>) -> Value {
     let mut b = json!({"inputs": [{"name": "N", "shape": [1], "datatype": "INT64", "data": [n]}]});

@@ -48,3 +48,12 @@ pub async fn start_server(repo: &Path, opts: EngineOptions, cfg: ServerConfig) -
     let cfg = ServerConfig { host: "127.0.0.1".into(), http_port: 0, grpc_port: 0, metrics_port: 0, ..cfg };
     sluice_server::start(engine, &cfg).await.expect("server starts")
 }
+
+/// A repository holding `slow` (tests/data/slow.onnx): its input `N` sets the cost, N^3 flops.
+pub fn slow_repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let v = dir.path().join("slow/1");
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/slow.onnx"), v.join("model.onnx")).unwrap();
+    dir
+}
