@@ -9,7 +9,7 @@
 #      -> export ORT_DYLIB_PATH=$SLUICE_HOME/lib/libonnxruntime.so
 #   3. Triton's perf_analyzer (from the tritonclient manylinux wheel) as $SLUICE_HOME/bin/perf_analyzer,
 #      with Debian's libb64-0d and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel
-#   4. redis-server from apt if missing (optional: --no-redis, and a failure only warns)
+#   4. redis-server and wrk from apt if missing (optional: --no-redis; a failure only warns)
 #   5. examples/models regenerated if any file is missing
 #   6. cargo build --release -p sluice (skipped with --no-build)
 #
@@ -180,6 +180,12 @@ fi
 log "perf_analyzer: $pa ($("$pa" --version 2>&1 | head -n 1))"
 
 # ---------------------------------------------------------------------------------------------
+# 4. wrk, the HTTP load generator of bench/transport.py (optional: a failure only warns)
+if ! command -v wrk >/dev/null 2>&1; then
+    log "installing wrk (benchmarks)"
+    apt_install wrk || log "warning: could not install wrk (only bench/transport.py needs it)"
+fi
+
 # 4. redis-server (not needed yet; for the Redis-backed job queue later)
 if [[ $redis -eq 1 ]] && ! command -v redis-server >/dev/null 2>&1; then
     log "installing redis-server"
