@@ -29,8 +29,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace
 
-step "cargo build -p sluice"
-cargo build -p sluice
+# `cargo test --workspace` built target/debug/sluice already (the CLI tests run it); a separate
+# `cargo build -p sluice` would resolve features differently and rebuild half the tree.
+[[ -x "$SLUICE_BIN" ]] || { step "cargo build --workspace"; cargo build --workspace; }
 
 step "conformance tests"
 .venv/bin/pytest -q tests/conformance
