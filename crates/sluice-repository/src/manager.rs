@@ -542,7 +542,15 @@ impl Actor {
     /// Makes the new versions take traffic, then drains and stops the ones they replace.
     async fn swap_in(&mut self, name: &str, prepared: Prepared) {
         let mut old: Vec<Arc<ServedVersion>> = Vec::new();
-        let rec = self.table.get_mut(name).expect("load inserted the record");
+        // `load` inserted the record and the actor runs one command at a time; re-creating it
+        // anyway keeps a mistake here from stranding running versions.
+        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord {
+            name: name.to_string(),
+            versions: BTreeMap::new(),
+            state: ModelState::Loading,
+            reason: String::new(),
+            fingerprint: 0,
+        });
         let new_versions: BTreeMap<u64, VersionSlot> = prepared
             .versions
             .into_iter()
