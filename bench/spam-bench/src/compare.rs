@@ -27,24 +27,27 @@ pub struct CompareArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Measured seconds of each served cell.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 4.0)]
     seconds: f64,
     /// Unmeasured seconds before each served cell.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.5)]
     warmup: f64,
     /// Interleaved rounds (the table shows medians over rounds).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// In-process seconds per batch size.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     inprocess_seconds: f64,
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32")]
     batch_sizes: Vec<usize>,
     /// `max_queue_delay_microseconds` of the spam models with batching on (fixed delay).
     #[arg(long, default_value_t = 2000)]
     delay_us: u64,
-    /// `adaptive { max_p99_latency_ms }` of the adaptive spam-fast config.
-    #[arg(long, default_value_t = 100)]
+    /// `max_batch_size` of the capped spam-accurate config (the others have 32).
+    #[arg(long, default_value_t = 8)]
+    capped_batch: usize,
+    /// `adaptive { max_p99_latency_ms }` of the adaptive configs (spam-accurate and spam-fast).
+    #[arg(long, default_value_t = 50)]
     adaptive_p99_ms: u64,
     /// Bursty load: cycles of `--burst-high` clients then `--burst-low` clients.
     #[arg(long, default_value_t = 3)]
@@ -73,11 +76,20 @@ pub struct CompareArgs {
 
 /// Model names in the temporary repository.
 const ACCURATE: &str = "spam-accurate";
+const ACCURATE_CAPPED: &str = "spam-accurate-capped";
+const ACCURATE_ADAPTIVE: &str = "spam-accurate-adaptive";
 const ACCURATE_OFF: &str = "spam-accurate-nobatch";
 const FAST: &str = "spam-fast";
 const FAST_ADAPTIVE: &str = "spam-fast-adaptive";
 const ADD_SUB: &str = "add_sub";
 const ADD_SUB_OFF: &str = "add_sub-nobatch";
+
+/// Every model of the repository, in load order.
+const MODELS: [&str; 8] =
+    [ACCURATE, ACCURATE_CAPPED, ACCURATE_ADAPTIVE, ACCURATE_OFF, FAST, FAST_ADAPTIVE, ADD_SUB, ADD_SUB_OFF];
+/// Models whose config uses a feature that may not have landed yet: a load failure marks their
+/// rows "not available yet" instead of ending the run.
+const OPTIONAL: [&str; 2] = [ACCURATE_ADAPTIVE, FAST_ADAPTIVE];
 
 /// The served cells, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,9 +97,13 @@ enum Cell {
     Spam1,
     Spam8,
     Spam32,
+    SpamCapped32,
+    SpamAdaptive32,
     SpamOff32,
-    SpamHalfLoad,
-    SpamHalfLoadUniform,
+    HalfPoisson,
+    HalfUniform,
+    AdaptiveHalfPoisson,
+    AdaptiveHalfUniform,
     AddSubOn32,
     AddSubOff32,
     AddSubOn1,
@@ -96,13 +112,17 @@ enum Cell {
     BurstAdaptive,
 }
 
-const CELLS: [Cell; 12] = [
+const CELLS: [Cell; 16] = [
     Cell::Spam1,
     Cell::Spam8,
     Cell::Spam32,
+    Cell::SpamCapped32,
+    Cell::SpamAdaptive32,
     Cell::SpamOff32,
-    Cell::SpamHalfLoad,
-    Cell::SpamHalfLoadUniform,
+    Cell::HalfPoisson,
+    Cell::HalfUniform,
+    Cell::AdaptiveHalfPoisson,
+    Cell::AdaptiveHalfUniform,
     Cell::AddSubOn32,
     Cell::AddSubOff32,
     Cell::AddSubOn1,
@@ -111,15 +131,30 @@ const CELLS: [Cell; 12] = [
     Cell::BurstAdaptive,
 ];
 
+/// The load a cell applies.
+#[derive(Clone, Copy)]
+enum Load {
+    /// That many closed-loop clients.
+    Closed(usize),
+    /// Open loop at `--half-load` times the round's in-process best.
+    Open(Arrivals),
+    /// `--burst-cycles` of `--burst-high` then `--burst-low` closed-loop clients.
+    Burst,
+}
+
 impl Cell {
     fn key(self) -> &'static str {
         match self {
             Cell::Spam1 => "spam_accurate_c1",
             Cell::Spam8 => "spam_accurate_c8",
             Cell::Spam32 => "spam_accurate_c32",
+            Cell::SpamCapped32 => "spam_accurate_capped_c32",
+            Cell::SpamAdaptive32 => "spam_accurate_adaptive_c32",
             Cell::SpamOff32 => "spam_accurate_nobatch_c32",
-            Cell::SpamHalfLoad => "spam_accurate_open_loop_half_poisson",
-            Cell::SpamHalfLoadUniform => "spam_accurate_open_loop_half_uniform",
+            Cell::HalfPoisson => "spam_accurate_half_load_poisson",
+            Cell::HalfUniform => "spam_accurate_half_load_uniform",
+            Cell::AdaptiveHalfPoisson => "spam_accurate_adaptive_half_load_poisson",
+            Cell::AdaptiveHalfUniform => "spam_accurate_adaptive_half_load_uniform",
             Cell::AddSubOn32 => "add_sub_c32",
             Cell::AddSubOff32 => "add_sub_nobatch_c32",
             Cell::AddSubOn1 => "add_sub_c1",
@@ -131,7 +166,9 @@ impl Cell {
 
     fn model(self) -> &'static str {
         match self {
-            Cell::Spam1 | Cell::Spam8 | Cell::Spam32 | Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform => ACCURATE,
+            Cell::Spam1 | Cell::Spam8 | Cell::Spam32 | Cell::HalfPoisson | Cell::HalfUniform => ACCURATE,
+            Cell::SpamCapped32 => ACCURATE_CAPPED,
+            Cell::SpamAdaptive32 | Cell::AdaptiveHalfPoisson | Cell::AdaptiveHalfUniform => ACCURATE_ADAPTIVE,
             Cell::SpamOff32 => ACCURATE_OFF,
             Cell::AddSubOn32 | Cell::AddSubOn1 => ADD_SUB,
             Cell::AddSubOff32 | Cell::AddSubOff1 => ADD_SUB_OFF,
@@ -140,11 +177,21 @@ impl Cell {
         }
     }
 
+    fn load(self) -> Load {
+        match self {
+            Cell::Spam1 | Cell::AddSubOn1 | Cell::AddSubOff1 => Load::Closed(1),
+            Cell::Spam8 => Load::Closed(8),
+            Cell::Spam32 | Cell::SpamCapped32 | Cell::SpamAdaptive32 | Cell::SpamOff32 => Load::Closed(32),
+            Cell::AddSubOn32 | Cell::AddSubOff32 => Load::Closed(32),
+            Cell::HalfPoisson | Cell::AdaptiveHalfPoisson => Load::Open(Arrivals::Poisson),
+            Cell::HalfUniform | Cell::AdaptiveHalfUniform => Load::Open(Arrivals::Uniform),
+            Cell::BurstFixed | Cell::BurstAdaptive => Load::Burst,
+        }
+    }
+
+    /// Compared with the in-process limit (same model, same emails).
     fn is_spam_accurate(self) -> bool {
-        matches!(
-            self,
-            Cell::Spam1 | Cell::Spam8 | Cell::Spam32 | Cell::SpamOff32 | Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform
-        )
+        self.model().starts_with(ACCURATE)
     }
 }
 
@@ -267,13 +314,36 @@ fn without_dynamic_batching(config: &str, old_name: &str, new_name: &str) -> Res
     Ok(s)
 }
 
+/// `max_queue_delay_microseconds` of a config's `dynamic_batching`, in words.
+fn queue_delay(config: &str) -> String {
+    let delay = config
+        .split("max_queue_delay_microseconds")
+        .nth(1)
+        .and_then(|rest| rest.trim_start_matches([':', ' ']).split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if delay == 0 {
+        "no delay".into()
+    } else {
+        format!("{delay} µs delay")
+    }
+}
+
 /// Writes the model repository: spam models linked from `shared`, add_sub from the examples.
 fn write_repository(dir: &Path, shared: &Path, args: &CompareArgs, threads: usize) -> Result<()> {
+    let fixed = Batching::Fixed { delay_us: args.delay_us, max_batch: None };
+    let adaptive = Batching::Adaptive { max_p99_ms: args.adaptive_p99_ms };
     let spam = [
-        (ACCURATE, "spam-accurate", Batching::Fixed { delay_us: args.delay_us }),
+        (ACCURATE, "spam-accurate", fixed.clone()),
+        (
+            ACCURATE_CAPPED,
+            "spam-accurate",
+            Batching::Fixed { delay_us: args.delay_us, max_batch: Some(args.capped_batch) },
+        ),
+        (ACCURATE_ADAPTIVE, "spam-accurate", adaptive.clone()),
         (ACCURATE_OFF, "spam-accurate", Batching::Off),
-        (FAST, "spam-fast", Batching::Fixed { delay_us: args.delay_us }),
-        (FAST_ADAPTIVE, "spam-fast", Batching::Adaptive { max_p99_ms: args.adaptive_p99_ms }),
+        (FAST, "spam-fast", fixed),
+        (FAST_ADAPTIVE, "spam-fast", adaptive),
     ];
     for (name, src, batching) in spam {
         symlink(&shared.join(src).join("model.onnx"), &dir.join(name).join("1/model.onnx"))?;
@@ -301,15 +371,6 @@ fn machine() -> String {
     format!("{} CPU(s), {cpu}", cpus())
 }
 
-struct Workloads {
-    spam: Workload,
-    spam_off: Workload,
-    fast: Workload,
-    fast_adaptive: Workload,
-    add_sub: Workload,
-    add_sub_off: Workload,
-}
-
 /// Everything measured, per round.
 #[derive(Default)]
 struct Results {
@@ -317,6 +378,8 @@ struct Results {
     served: BTreeMap<Cell, Vec<LoadResult>>,
     /// served throughput / the same round's in-process best.
     ratio: BTreeMap<Cell, Vec<f64>>,
+    /// add_sub's `dynamic_batching` as the example config has it, in words.
+    add_sub_batching: String,
 }
 
 impl Results {
@@ -354,14 +417,15 @@ pub fn run(
     write_repository(&repo, shared, &args, threads)?;
     let rt = runtime(client_threads)?;
     let mut server = Server::start(&bin, &repo, &lib, threads, tmp.path().join("sluice.log"))?;
-    let mut unavailable: BTreeMap<Cell, String> = BTreeMap::new();
+    // Models that did not load (only OPTIONAL ones may fail), with the server's reason.
+    let mut unavailable: BTreeMap<&'static str, String> = BTreeMap::new();
     rt.block_on(async {
         server.wait_live().await?;
-        for m in [ACCURATE, ACCURATE_OFF, FAST, FAST_ADAPTIVE, ADD_SUB, ADD_SUB_OFF] {
+        for m in MODELS {
             if let Err(why) = server.load_model(m).await {
-                if m == FAST_ADAPTIVE {
-                    eprintln!("adaptive batching config rejected ({why}): reporting it as not available yet");
-                    unavailable.insert(Cell::BurstAdaptive, why);
+                if OPTIONAL.contains(&m) {
+                    eprintln!("{m} did not load ({why}): its rows are reported as not available yet");
+                    unavailable.insert(m, why);
                 } else {
                     bail!("loading {m}: {why}\n{}", server.log_tail());
                 }
@@ -370,16 +434,18 @@ pub fn run(
         anyhow::Ok(())
     })?;
     let spam_transport = if args.grpc { Transport::Grpc } else { Transport::Http };
-    let wl = Workloads {
-        spam: Workload::spam(ACCURATE, spam_transport, &emails)?,
-        spam_off: Workload::spam(ACCURATE_OFF, spam_transport, &emails)?,
-        fast: Workload::spam(FAST, spam_transport, &emails)?,
-        fast_adaptive: Workload::spam(FAST_ADAPTIVE, spam_transport, &emails)?,
-        add_sub: Workload::add_sub(ADD_SUB, Transport::Http)?,
-        add_sub_off: Workload::add_sub(ADD_SUB_OFF, Transport::Http)?,
-    };
+    let mut wl: BTreeMap<&'static str, Workload> = BTreeMap::new();
+    for m in MODELS {
+        let w = if m.starts_with(ADD_SUB) {
+            Workload::add_sub(m, Transport::Http)?
+        } else {
+            Workload::spam(m, spam_transport, &emails)?
+        };
+        wl.insert(m, w);
+    }
 
-    let mut res = Results::default();
+    let add_sub_config = fs::read_to_string(repo.join(ADD_SUB).join("config.pbtxt"))?;
+    let mut res = Results { add_sub_batching: queue_delay(&add_sub_config), ..Default::default() };
     let target = server.target.clone();
     for round in 0..args.rounds {
         eprintln!("round {}/{}: in-process spam-accurate, {threads} thread(s)", round + 1, args.rounds);
@@ -393,7 +459,7 @@ pub fn run(
         res.inprocess.push(runs);
         let best = res.best(round).map_or(f64::NAN, |b| b.per_sec);
         // Served cells rotate by one place per round, so that none always runs first or last.
-        let mut order: Vec<Cell> = CELLS.iter().copied().filter(|c| !unavailable.contains_key(c)).collect();
+        let mut order: Vec<Cell> = CELLS.iter().copied().filter(|c| !unavailable.contains_key(c.model())).collect();
         let n = order.len();
         order.rotate_left(round % n.max(1));
         for cell in order {
@@ -407,7 +473,7 @@ pub fn run(
     }
     drop(server);
 
-    let adaptive_config = fs::read_to_string(repo.join(FAST_ADAPTIVE).join("config.pbtxt")).unwrap_or_default();
+    let adaptive_config = fs::read_to_string(repo.join(ACCURATE_ADAPTIVE).join("config.pbtxt")).unwrap_or_default();
     let table = render(&res, &args, threads, &unavailable, spam_transport);
     let command: Vec<String> = std::env::args().collect();
     println!();
@@ -426,38 +492,31 @@ pub fn run(
     Ok(())
 }
 
-async fn run_cell(cell: Cell, args: &CompareArgs, target: &Target, wl: &Workloads, best: f64) -> Result<LoadResult> {
+async fn run_cell(
+    cell: Cell,
+    args: &CompareArgs,
+    target: &Target,
+    wl: &BTreeMap<&'static str, Workload>,
+    best: f64,
+) -> Result<LoadResult> {
     let secs = Duration::from_secs_f64(args.seconds);
     let warmup = Duration::from_secs_f64(args.warmup);
-    let closed = |c: usize| vec![Phase { concurrency: c, duration: secs }];
-    let burst = || {
-        let p = Duration::from_secs_f64(args.burst_phase_secs);
-        (0..args.burst_cycles)
-            .flat_map(|_| {
-                [
-                    Phase { concurrency: args.burst_high, duration: p },
-                    Phase { concurrency: args.burst_low, duration: p },
-                ]
-            })
-            .collect::<Vec<_>>()
-    };
-    match cell {
-        Cell::Spam1 => load::run_phases(target, &wl.spam, &closed(1), warmup).await,
-        Cell::Spam8 => load::run_phases(target, &wl.spam, &closed(8), warmup).await,
-        Cell::Spam32 => load::run_phases(target, &wl.spam, &closed(32), warmup).await,
-        Cell::SpamOff32 => load::run_phases(target, &wl.spam_off, &closed(32), warmup).await,
-        Cell::SpamHalfLoad => {
-            load::run_open(target, &wl.spam, best * args.half_load, Arrivals::Poisson, secs, warmup, 64).await
+    let w = wl.get(cell.model()).ok_or_else(|| anyhow!("no workload for {}", cell.model()))?;
+    match cell.load() {
+        Load::Closed(c) => load::run_phases(target, w, &[Phase { concurrency: c, duration: secs }], warmup).await,
+        Load::Open(arrivals) => load::run_open(target, w, best * args.half_load, arrivals, secs, warmup, 64).await,
+        Load::Burst => {
+            let p = Duration::from_secs_f64(args.burst_phase_secs);
+            let phases: Vec<Phase> = (0..args.burst_cycles)
+                .flat_map(|_| {
+                    [
+                        Phase { concurrency: args.burst_high, duration: p },
+                        Phase { concurrency: args.burst_low, duration: p },
+                    ]
+                })
+                .collect();
+            load::run_phases(target, w, &phases, warmup).await
         }
-        Cell::SpamHalfLoadUniform => {
-            load::run_open(target, &wl.spam, best * args.half_load, Arrivals::Uniform, secs, warmup, 64).await
-        }
-        Cell::AddSubOn32 => load::run_phases(target, &wl.add_sub, &closed(32), warmup).await,
-        Cell::AddSubOff32 => load::run_phases(target, &wl.add_sub_off, &closed(32), warmup).await,
-        Cell::AddSubOn1 => load::run_phases(target, &wl.add_sub, &closed(1), warmup).await,
-        Cell::AddSubOff1 => load::run_phases(target, &wl.add_sub_off, &closed(1), warmup).await,
-        Cell::BurstFixed => load::run_phases(target, &wl.fast, &burst(), warmup).await,
-        Cell::BurstAdaptive => load::run_phases(target, &wl.fast_adaptive, &burst(), warmup).await,
     }
 }
 
@@ -478,48 +537,48 @@ fn med_of(rs: &[LoadResult], g: impl Fn(&LoadResult) -> f64) -> f64 {
     median(&rs.iter().map(g).collect::<Vec<_>>())
 }
 
-fn label(cell: Cell, args: &CompareArgs, transport: Transport) -> (String, String) {
+fn label(cell: Cell, args: &CompareArgs, transport: Transport, add_sub: &str) -> (String, String) {
     let t = transport.name();
-    let on = format!("batching on ({} µs)", args.delay_us);
-    match cell {
-        Cell::Spam1 => (format!("served spam-accurate, {on}, {t}"), "1".into()),
-        Cell::Spam8 => (format!("served spam-accurate, {on}, {t}"), "8".into()),
-        Cell::Spam32 => (format!("served spam-accurate, {on}, {t}"), "32".into()),
-        Cell::SpamOff32 => (format!("served spam-accurate, batching off, {t}"), "32".into()),
-        Cell::SpamHalfLoad => (
+    let fixed = format!("batching on ({} µs delay)", args.delay_us);
+    let adaptive = format!("adaptive batching (p99 ≤ {} ms)", args.adaptive_p99_ms);
+    let half = |how: &str, batching: &str| {
+        (
             format!(
-                "served spam-accurate, {on}, {t}, Poisson arrivals at {:.0}% of in-process best",
+                "served spam-accurate, {batching}, {t}, {how} arrivals at {:.0}% of in-process best",
                 args.half_load * 100.0
             ),
-            "open loop".into(),
-        ),
-        Cell::SpamHalfLoadUniform => (
-            format!(
-                "served spam-accurate, {on}, {t}, evenly spaced arrivals at {:.0}% of in-process best",
-                args.half_load * 100.0
-            ),
-            "open loop".into(),
-        ),
-        Cell::AddSubOn32 => ("add_sub, batching on (example config, 100 µs), HTTP binary".into(), "32".into()),
-        Cell::AddSubOff32 => ("add_sub, batching off, HTTP binary".into(), "32".into()),
-        Cell::AddSubOn1 => ("add_sub, batching on (example config, 100 µs), HTTP binary".into(), "1".into()),
-        Cell::AddSubOff1 => ("add_sub, batching off, HTTP binary".into(), "1".into()),
-        Cell::BurstFixed => (
-            format!("spam-fast bursty, fixed delay ({} µs), {t}", args.delay_us),
-            format!("{}↔{}", args.burst_high, args.burst_low),
-        ),
-        Cell::BurstAdaptive => (
-            format!("spam-fast bursty, adaptive (p99 ≤ {} ms), {t}", args.adaptive_p99_ms),
-            format!("{}↔{}", args.burst_high, args.burst_low),
-        ),
-    }
+            "open loop".to_string(),
+        )
+    };
+    let clients = match cell.load() {
+        Load::Closed(c) => c.to_string(),
+        Load::Open(_) => "open loop".into(),
+        Load::Burst => format!("{}↔{}", args.burst_high, args.burst_low),
+    };
+    let what = match cell {
+        Cell::Spam1 | Cell::Spam8 | Cell::Spam32 => format!("served spam-accurate, {fixed}, {t}"),
+        Cell::SpamCapped32 => {
+            format!("served spam-accurate, {fixed}, max_batch_size {}, {t}", args.capped_batch)
+        }
+        Cell::SpamAdaptive32 => format!("served spam-accurate, {adaptive}, {t}"),
+        Cell::SpamOff32 => format!("served spam-accurate, batching off, {t}"),
+        Cell::HalfPoisson => return half("Poisson", &fixed),
+        Cell::HalfUniform => return half("evenly spaced", &fixed),
+        Cell::AdaptiveHalfPoisson => return half("Poisson", &adaptive),
+        Cell::AdaptiveHalfUniform => return half("evenly spaced", &adaptive),
+        Cell::AddSubOn32 | Cell::AddSubOn1 => format!("add_sub, batching on (example config: {add_sub}), HTTP binary"),
+        Cell::AddSubOff32 | Cell::AddSubOff1 => "add_sub, batching off, HTTP binary".into(),
+        Cell::BurstFixed => format!("spam-fast bursty, fixed delay ({} µs), {t}", args.delay_us),
+        Cell::BurstAdaptive => format!("spam-fast bursty, {adaptive}, {t}"),
+    };
+    (what, clients)
 }
 
 fn render(
     res: &Results,
     args: &CompareArgs,
     threads: usize,
-    unavailable: &BTreeMap<Cell, String>,
+    unavailable: &BTreeMap<&'static str, String>,
     transport: Transport,
 ) -> String {
     let mut t = String::new();
@@ -531,39 +590,43 @@ fn render(
         args.seconds
     ));
     t.push_str(
-        "| what | clients | inferences/s | vs in-process best | p50 ms | p99 ms | avg batch | server queue µs/req | \
-         queue µs p50 / p99 (header) | errors |\n",
+        "| what | clients | inferences/s | vs in-process best | p50 ms | p99 ms | avg batch | ORT ms per execution | \
+         server queue µs/req | queue µs p50 / p99 (header) | errors |\n",
     );
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     // In-process rows: the best batch size of each round, and batch 1 (the compute time).
     let bests: Vec<&BatchRun> = (0..rounds).filter_map(|r| res.best(r)).collect();
     let best_rate = median(&bests.iter().map(|b| b.per_sec).collect::<Vec<_>>());
-    let mut sizes: Vec<usize> = bests.iter().map(|b| b.batch_size).collect();
-    sizes.dedup();
+    let sizes: Vec<String> = bests.iter().map(|b| b.batch_size.to_string()).collect();
     t.push_str(&format!(
-        "| in-process spam-accurate, best batch ({}) | – | {} | 1.00 | {} | {} | {} | – | – | – |\n",
-        sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("/"),
+        "| in-process spam-accurate, best batch size of {} (per round: {}) | – | {} | 1.00 | {} | {} | {} | {} | – | – | – |\n",
+        args.batch_sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        sizes.join(", "),
         f(best_rate, 1),
         f(median(&bests.iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>()), 2),
         f(median(&bests.iter().map(|b| b.batch_ms.p99).collect::<Vec<_>>()), 2),
         f(median(&bests.iter().map(|b| b.batch_size as f64).collect::<Vec<_>>()), 0),
+        f(median(&bests.iter().map(|b| b.batch_ms.mean).collect::<Vec<_>>()), 2),
     ));
-    let b1 = batch1(res);
-    if !b1.is_empty() {
+    for &size in &args.batch_sizes {
+        let runs: Vec<&BatchRun> =
+            res.inprocess.iter().filter_map(|r| r.iter().find(|b| b.batch_size == size)).collect();
+        let what = if size == 1 { " (the batch-1 compute time)" } else { "" };
         t.push_str(&format!(
-            "| in-process spam-accurate, batch 1 (compute time) | – | {} | {} | {} | {} | 1 | – | – | – |\n",
-            f(median(&b1.iter().map(|b| b.per_sec).collect::<Vec<_>>()), 1),
-            f(median(&per_round_ratio(res, |r| r.iter().find(|b| b.batch_size == 1).map(|b| b.per_sec))), 2),
-            f(median(&b1.iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>()), 2),
-            f(median(&b1.iter().map(|b| b.batch_ms.p99).collect::<Vec<_>>()), 2),
+            "| in-process spam-accurate, batch {size}{what} | – | {} | {} | {} | {} | {size} | {} | – | – | – |\n",
+            f(median(&runs.iter().map(|b| b.per_sec).collect::<Vec<_>>()), 1),
+            f(median(&per_round_ratio(res, |r| r.iter().find(|b| b.batch_size == size).map(|b| b.per_sec))), 2),
+            f(median(&runs.iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>()), 2),
+            f(median(&runs.iter().map(|b| b.batch_ms.p99).collect::<Vec<_>>()), 2),
+            f(median(&runs.iter().map(|b| b.batch_ms.mean).collect::<Vec<_>>()), 2),
         ));
     }
     for cell in CELLS {
-        let (what, clients) = label(cell, args, transport);
-        if let Some(why) = unavailable.get(&cell) {
+        let (what, clients) = label(cell, args, transport, &res.add_sub_batching);
+        if let Some(why) = unavailable.get(cell.model()) {
             let why: String = why.chars().take(160).collect();
             t.push_str(&format!(
-                "| {what} | {clients} | not available yet ({}) | | | | | | | |\n",
+                "| {what} | {clients} | not available yet ({}) | | | | | | | | |\n",
                 why.replace('|', "/")
             ));
             continue;
@@ -576,7 +639,7 @@ fn render(
         } else {
             "–".into()
         };
-        let rate = if matches!(cell, Cell::SpamHalfLoad | Cell::SpamHalfLoadUniform) {
+        let rate = if matches!(cell.load(), Load::Open(_)) {
             format!(
                 "{} (offered {})",
                 f(med_of(rs, |r| r.per_sec), 1),
@@ -586,11 +649,12 @@ fn render(
             f(med_of(rs, |r| r.per_sec), 1)
         };
         t.push_str(&format!(
-            "| {what} | {clients} | {rate} | {} | {} | {} | {} | {} | {header} | {} |\n",
+            "| {what} | {clients} | {rate} | {} | {} | {} | {} | {} | {} | {header} | {} |\n",
             f(ratio, 2),
             f(med_of(rs, |r| r.latency_ms.p50), 2),
             f(med_of(rs, |r| r.latency_ms.p99), 2),
             f(med_of(rs, |r| r.server.avg_batch), 2),
+            f(med_of(rs, |r| r.server.infer_ms_per_execution), 2),
             queue_us(med_of(rs, |r| r.server.queue_us_per_request)),
             rs.iter().map(LoadResult::error_count).sum::<u64>(),
         ));
@@ -616,20 +680,38 @@ fn served_ratio(res: &Results, a: Cell, b: Cell) -> f64 {
     }
 }
 
-fn targets(res: &Results, unavailable: &BTreeMap<Cell, String>) -> String {
+fn targets(res: &Results, unavailable: &BTreeMap<&'static str, String>) -> String {
     let mut t = String::from("Against issue 3's targets (reported, not asserted):\n\n");
-    let r32 = res.ratio.get(&Cell::Spam32).map_or(f64::NAN, |v| median(v));
-    t.push_str(&format!(
-        "- served throughput at concurrency 32 / in-process best: {} (target ≥ 0.90){}\n",
-        f(r32, 2),
-        verdict(r32 >= 0.9, r32)
-    ));
-    let compute = median(&batch1(res).iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>());
-    for (cell, name) in [(Cell::SpamHalfLoad, "Poisson"), (Cell::SpamHalfLoadUniform, "evenly spaced")] {
-        let p99 = res.served.get(&cell).map_or(f64::NAN, |rs| med_of(rs, |r| r.latency_ms.p99));
+    let med = |c: Cell, g: fn(&LoadResult) -> f64| res.served.get(&c).map_or(f64::NAN, |rs| med_of(rs, g));
+    let missing = |c: Cell| unavailable.contains_key(c.model());
+    for (cell, name) in [
+        (Cell::Spam32, "fixed delay"),
+        (Cell::SpamCapped32, "fixed delay, smaller max_batch_size"),
+        (Cell::SpamAdaptive32, "adaptive"),
+    ] {
+        if missing(cell) {
+            continue;
+        }
+        let r = res.ratio.get(&cell).map_or(f64::NAN, |v| median(v));
         t.push_str(&format!(
-            "- p99 at half the in-process best load ({name} arrivals): {} ms; 2 × batch-1 compute time \
-             (p50 {} ms) = {} ms{}\n",
+            "- served throughput at concurrency 32 ({name}) / in-process best: {} (target ≥ 0.90){}\n",
+            f(r, 2),
+            verdict(r >= 0.9, r)
+        ));
+    }
+    let compute = median(&batch1(res).iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>());
+    for (cell, name) in [
+        (Cell::HalfPoisson, "fixed delay, Poisson arrivals"),
+        (Cell::HalfUniform, "fixed delay, evenly spaced arrivals"),
+        (Cell::AdaptiveHalfPoisson, "adaptive, Poisson arrivals"),
+        (Cell::AdaptiveHalfUniform, "adaptive, evenly spaced arrivals"),
+    ] {
+        if missing(cell) {
+            continue;
+        }
+        let p99 = med(cell, |r| r.latency_ms.p99);
+        t.push_str(&format!(
+            "- p99 at half the in-process best load ({name}): {} ms; 2 × batch-1 compute time (p50 {} ms) = {} ms{}\n",
             f(p99, 2),
             f(compute, 2),
             f(2.0 * compute, 2),
@@ -637,7 +719,7 @@ fn targets(res: &Results, unavailable: &BTreeMap<Cell, String>) -> String {
         ));
     }
     for (cell, name) in [(Cell::AddSubOn1, "batching on"), (Cell::AddSubOff1, "batching off")] {
-        let q = res.served.get(&cell).map_or(f64::NAN, |rs| med_of(rs, |r| r.queue_us.p50));
+        let q = med(cell, |r| r.queue_us.p50);
         t.push_str(&format!(
             "- add_sub ({name}) at concurrency 1, server-side queue time p50: {} µs (target < 50 µs){}\n",
             queue_us(q),
@@ -649,15 +731,14 @@ fn targets(res: &Results, unavailable: &BTreeMap<Cell, String>) -> String {
         f(served_ratio(res, Cell::Spam32, Cell::SpamOff32), 2),
         f(served_ratio(res, Cell::AddSubOn32, Cell::AddSubOff32), 2)
     ));
-    if unavailable.contains_key(&Cell::BurstAdaptive) {
+    if missing(Cell::BurstAdaptive) {
         t.push_str("- adaptive versus fixed delay on the bursty load: not available yet (config rejected)\n");
     } else {
-        let p = |c: Cell, g: fn(&LoadResult) -> f64| res.served.get(&c).map_or(f64::NAN, |rs| med_of(rs, g));
         t.push_str(&format!(
             "- adaptive / fixed on the bursty load: throughput {}×, p99 {} ms vs {} ms\n",
             f(served_ratio(res, Cell::BurstAdaptive, Cell::BurstFixed), 2),
-            f(p(Cell::BurstAdaptive, |r| r.latency_ms.p99), 2),
-            f(p(Cell::BurstFixed, |r| r.latency_ms.p99), 2)
+            f(med(Cell::BurstAdaptive, |r| r.latency_ms.p99), 2),
+            f(med(Cell::BurstFixed, |r| r.latency_ms.p99), 2)
         ));
     }
     t
@@ -678,7 +759,7 @@ fn to_json(
     res: &Results,
     args: &CompareArgs,
     threads: usize,
-    unavailable: &BTreeMap<Cell, String>,
+    unavailable: &BTreeMap<&'static str, String>,
     command: &[String],
     mean_len: f64,
     median_len: usize,
@@ -714,6 +795,7 @@ fn to_json(
                 "p99_ms": num(med_of(rs, |r| r.latency_ms.p99)),
                 "avg_batch": num(med_of(rs, |r| r.server.avg_batch)),
                 "server_queue_us_per_request": num(med_of(rs, |r| r.server.queue_us_per_request)),
+                "server_infer_ms_per_execution": num(med_of(rs, |r| r.server.infer_ms_per_execution)),
                 "header_queue_us_p50": num(med_of(rs, |r| r.queue_us.p50)),
                 "header_queue_us_p99": num(med_of(rs, |r| r.queue_us.p99)),
                 "errors": rs.iter().map(LoadResult::error_count).sum::<u64>(),
@@ -733,7 +815,8 @@ fn to_json(
         "inprocess_best_per_sec": num(median(&bests)),
         "batch1_compute_ms_p50": num(median(&batch1(res).iter().map(|b| b.batch_ms.p50).collect::<Vec<_>>())),
         "medians": medians,
-        "unavailable": unavailable.iter().map(|(c, why)| (c.key().to_string(), json!(why))).collect::<serde_json::Map<_, _>>(),
+        "unavailable": unavailable.iter().map(|(m, why)| (m.to_string(), json!(why))).collect::<serde_json::Map<_, _>>(),
+        "capped_batch": args.capped_batch,
         "adaptive_config": adaptive_config,
         "per_round": rounds,
     })
@@ -749,5 +832,10 @@ mod tests {
                  default_queue_policy { max_queue_size: 4 }\n}\ninstance_group [ { count: 1 } ]\n";
         let s = without_dynamic_batching(c, "add_sub", "add_sub-nobatch").unwrap();
         assert_eq!(s, "name: \"add_sub-nobatch\"\nmax_batch_size: 8\ninstance_group [ { count: 1 } ]\n");
+        assert_eq!(queue_delay(c), "100 µs delay");
+        let c = "name: \"add_sub\"\ndynamic_batching { }\ninstance_group [ { count: 1 } ]\n";
+        assert_eq!(queue_delay(c), "no delay");
+        let s = without_dynamic_batching(c, "add_sub", "add_sub-nobatch").unwrap();
+        assert_eq!(s, "name: \"add_sub-nobatch\"\ninstance_group [ { count: 1 } ]\n");
     }
 }

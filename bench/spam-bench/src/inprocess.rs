@@ -20,8 +20,14 @@ pub const MAX_BATCH: usize = 32;
 #[derive(Clone, Debug)]
 pub enum Batching {
     Off,
-    Fixed { delay_us: u64 },
-    Adaptive { max_p99_ms: u64 },
+    /// A fixed delay; `max_batch` lowers `max_batch_size` below [`MAX_BATCH`].
+    Fixed {
+        delay_us: u64,
+        max_batch: Option<usize>,
+    },
+    Adaptive {
+        max_p99_ms: u64,
+    },
 }
 
 /// The served config of a spam model (`config.pbtxt`), as `scripts/make_shared_repo.sh` writes
@@ -29,17 +35,21 @@ pub enum Batching {
 pub fn spam_pbtxt(name: &str, threads: usize, batching: &Batching) -> String {
     let dynamic = match batching {
         Batching::Off => String::new(),
-        Batching::Fixed { delay_us } => {
+        Batching::Fixed { delay_us, .. } => {
             format!("dynamic_batching {{\n  max_queue_delay_microseconds: {delay_us}\n}}\n")
         }
         Batching::Adaptive { max_p99_ms } => {
             format!("dynamic_batching {{\n  adaptive {{\n    max_p99_latency_ms: {max_p99_ms}\n  }}\n}}\n")
         }
     };
+    let max_batch = match batching {
+        Batching::Fixed { max_batch: Some(b), .. } => *b,
+        _ => MAX_BATCH,
+    };
     format!(
         r#"name: "{name}"
 platform: "onnxruntime_onnx"
-max_batch_size: {MAX_BATCH}
+max_batch_size: {max_batch}
 input [
   {{
     name: "input_ids"

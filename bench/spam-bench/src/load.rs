@@ -295,6 +295,7 @@ impl LoadResult {
             "server_inferences": self.server.inferences,
             "server_avg_batch": num(self.server.avg_batch),
             "server_queue_us_per_request": num(self.server.queue_us_per_request),
+            "server_infer_ms_per_execution": num(self.server.infer_ms_per_execution),
             "offered_per_sec": self.offered_per_sec.map(num),
         })
     }
@@ -302,7 +303,7 @@ impl LoadResult {
     pub fn print(&self, label: &str) {
         println!(
             "{label}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, errors {}{}, executions {}, avg batch {:.2}, \
-             server queue {:.0} us/request{}",
+             server queue {:.0} us/request, ORT {:.2} ms/execution{}",
             self.per_sec,
             self.latency_ms.p50,
             self.latency_ms.p99,
@@ -311,6 +312,7 @@ impl LoadResult {
             self.server.executions,
             self.server.avg_batch,
             self.server.queue_us_per_request,
+            self.server.infer_ms_per_execution,
             if self.queue_us.count > 0 {
                 format!(", header queue p50 {:.0} us p99 {:.0} us", self.queue_us.p50, self.queue_us.p99)
             } else {

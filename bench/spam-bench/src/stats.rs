@@ -72,6 +72,9 @@ pub struct ServerStats {
     pub queue_count: u64,
     pub queue_ns: u64,
     pub success_count: u64,
+    /// Executions and their ONNX Runtime time, summed over `batch_stats`.
+    pub exec_count: u64,
+    pub exec_infer_ns: u64,
 }
 
 impl ServerStats {
@@ -85,6 +88,10 @@ impl ServerStats {
             s.queue_count += u(m, "/inference_stats/queue/count").unwrap_or(0);
             s.queue_ns += u(m, "/inference_stats/queue/ns").unwrap_or(0);
             s.success_count += u(m, "/inference_stats/success/count").unwrap_or(0);
+            for b in m.get("batch_stats").and_then(Value::as_array).into_iter().flatten() {
+                s.exec_count += u(b, "/compute_infer/count").unwrap_or(0);
+                s.exec_infer_ns += u(b, "/compute_infer/ns").unwrap_or(0);
+            }
         }
         s
     }
@@ -95,11 +102,14 @@ impl ServerStats {
         let exe = self.execution_count.saturating_sub(before.execution_count);
         let qc = self.queue_count.saturating_sub(before.queue_count);
         let qns = self.queue_ns.saturating_sub(before.queue_ns);
+        let ec = self.exec_count.saturating_sub(before.exec_count);
+        let ens = self.exec_infer_ns.saturating_sub(before.exec_infer_ns);
         StatsDelta {
             inferences: inf,
             executions: exe,
             avg_batch: if exe == 0 { f64::NAN } else { inf as f64 / exe as f64 },
             queue_us_per_request: if qc == 0 { f64::NAN } else { qns as f64 / qc as f64 / 1e3 },
+            infer_ms_per_execution: if ec == 0 { f64::NAN } else { ens as f64 / ec as f64 / 1e6 },
         }
     }
 }
@@ -110,11 +120,19 @@ pub struct StatsDelta {
     pub executions: u64,
     pub avg_batch: f64,
     pub queue_us_per_request: f64,
+    /// ONNX Runtime time of one execution, milliseconds (the server's `compute_infer`).
+    pub infer_ms_per_execution: f64,
 }
 
 impl Default for StatsDelta {
     fn default() -> Self {
-        StatsDelta { inferences: 0, executions: 0, avg_batch: f64::NAN, queue_us_per_request: f64::NAN }
+        StatsDelta {
+            inferences: 0,
+            executions: 0,
+            avg_batch: f64::NAN,
+            queue_us_per_request: f64::NAN,
+            infer_ms_per_execution: f64::NAN,
+        }
     }
 }
 
@@ -136,11 +154,14 @@ mod tests {
     #[test]
     fn stats_delta() {
         let v = json!({"model_stats": [{"inference_count": 10, "execution_count": 4,
-            "inference_stats": {"queue": {"count": 10, "ns": 50000}, "success": {"count": 10, "ns": 1}}}]});
+            "inference_stats": {"queue": {"count": 10, "ns": 50000}, "success": {"count": 10, "ns": 1}},
+            "batch_stats": [{"batch_size": 2, "compute_infer": {"count": 3, "ns": 6000000}},
+                            {"batch_size": 4, "compute_infer": {"count": 1, "ns": 2000000}}]}]});
         let a = ServerStats::parse(&v);
         let d = a.delta(&ServerStats::default());
         assert_eq!(d.inferences, 10);
         assert_eq!(d.avg_batch, 2.5);
         assert_eq!(d.queue_us_per_request, 5.0);
+        assert_eq!(d.infer_ms_per_execution, 2.0);
     }
 }
