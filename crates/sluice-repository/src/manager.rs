@@ -72,6 +72,16 @@ pub struct ModelRecord {
 }
 
 impl ModelRecord {
+    fn loading(name: &str) -> ModelRecord {
+        ModelRecord {
+            name: name.to_string(),
+            versions: BTreeMap::new(),
+            state: ModelState::Loading,
+            reason: String::new(),
+            fingerprint: 0,
+        }
+    }
+
     fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ServedVersion>> {
         self.versions.values().filter(|s| s.state == ModelState::Ready).filter_map(|s| s.served.as_ref())
     }
@@ -427,13 +437,7 @@ impl Actor {
             return Err(ServeError::invalid(format!("invalid model name '{name}'")));
         }
         let fingerprint = self.find_model_dir(name).map(|d| fingerprint(&d)).unwrap_or(0);
-        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord {
-            name: name.to_string(),
-            versions: BTreeMap::new(),
-            state: ModelState::Loading,
-            reason: String::new(),
-            fingerprint: 0,
-        });
+        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord::loading(name));
         rec.fingerprint = fingerprint;
         if rec.versions.is_empty() {
             rec.state = ModelState::Loading;
@@ -544,13 +548,7 @@ impl Actor {
         let mut old: Vec<Arc<ServedVersion>> = Vec::new();
         // `load` inserted the record and the actor runs one command at a time; re-creating it
         // anyway keeps a mistake here from stranding running versions.
-        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord {
-            name: name.to_string(),
-            versions: BTreeMap::new(),
-            state: ModelState::Loading,
-            reason: String::new(),
-            fingerprint: 0,
-        });
+        let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord::loading(name));
         let new_versions: BTreeMap<u64, VersionSlot> = prepared
             .versions
             .into_iter()
