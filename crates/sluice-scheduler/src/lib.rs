@@ -4,11 +4,11 @@
 
 pub mod adaptive;
 pub mod batch;
+pub mod order;
 pub mod policy;
 pub mod queue;
 pub mod runner;
 pub mod stats;
-pub mod timer;
 pub mod validate;
 
 pub use policy::BatchPolicy;

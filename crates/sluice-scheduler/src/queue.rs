@@ -107,8 +107,8 @@ impl<T> Queues<T> {
         self.bytes
     }
 
-    /// Queues a request. `priority` 0 or `None` means the default level; `timeout` is the
-    /// request's own, used when the level allows overriding.
+    /// Queues a request and returns when it times out, if it can. `priority` 0 or `None` means
+    /// the default level; `timeout` is the request's own, used when the level allows overriding.
     #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
@@ -119,7 +119,7 @@ impl<T> Queues<T> {
         bytes: usize,
         priority: Option<u64>,
         timeout: Option<Duration>,
-    ) -> Result<(), (T, Refusal)> {
+    ) -> Result<Option<Instant>, (T, Refusal)> {
         let level = match priority.unwrap_or(0) {
             0 => self.default_level,
             p if (p as usize) <= self.levels.len() => p as usize - 1,
@@ -142,15 +142,16 @@ impl<T> Queues<T> {
             (Some(t), true) => Some(t),
             _ => policy.timeout,
         };
+        let deadline = timeout.map(|t| now + t);
         self.levels[level].push_back(Entry {
             item,
             cand: Candidate { batch_size, shape_key, enqueued: now },
-            deadline: timeout.map(|t| now + t),
+            deadline,
             bytes,
         });
         self.len += 1;
         self.bytes += bytes;
-        Ok(())
+        Ok(deadline)
     }
 
     fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
@@ -269,7 +270,7 @@ mod tests {
         prio: Option<u64>,
         timeout_us: Option<u64>,
     ) -> Result<(), Refusal> {
-        q.push(now, id, 1, 0, 10, prio, timeout_us.map(Duration::from_micros)).map_err(|(_, r)| r)
+        q.push(now, id, 1, 0, 10, prio, timeout_us.map(Duration::from_micros)).map(|_| ()).map_err(|(_, r)| r)
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 mod datatype;
 mod error;
+pub mod json;
 mod request;
 mod service;
 mod tensor;

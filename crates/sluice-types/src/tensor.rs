@@ -4,6 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
+use crate::json::{self, DataJson, JsonData};
 use crate::{DataType, ServeError};
 
 /// Row-major tensor contents.
@@ -186,125 +187,30 @@ impl Tensor {
 
     /// Decodes JSON tensor data, flat or nested, checking it against the shape.
     pub fn from_json(name: String, datatype: DataType, shape: Vec<i64>, data: &Value) -> Result<Tensor, ServeError> {
+        Tensor::from_json_data(name, datatype, shape, &JsonData::from(data))
+    }
+
+    /// Builds a tensor from `data` as the request body carried it (already flattened).
+    pub fn from_json_data(
+        name: String,
+        datatype: DataType,
+        shape: Vec<i64>,
+        data: &JsonData,
+    ) -> Result<Tensor, ServeError> {
         let n = element_count(&name, &shape)?;
-        let mut flat: Vec<&Value> = Vec::with_capacity(n);
-        flatten(data, &mut flat);
-        if flat.len() != n {
+        if data.0.len() != n {
             return Err(ServeError::invalid(format!(
                 "input '{name}': shape {shape:?} needs {n} elements, got {}",
-                flat.len()
+                data.0.len()
             )));
         }
-        let data = json_to_data(&name, datatype, &flat)?;
+        let data = json::to_data(&name, datatype, &data.0)?;
         Ok(Tensor { name, datatype, shape, data })
     }
 
-    /// Encodes the data as a flat JSON array. FP16/BF16 become numbers; BYTES become strings
-    /// (invalid UTF-8 is replaced, as JSON cannot carry it; use binary output for raw bytes).
+    /// The data as a flat JSON array (see [`DataJson`]).
     pub fn to_json(&self) -> Value {
-        match &self.data {
-            TensorData::Bytes(v) => {
-                Value::Array(v.iter().map(|e| Value::String(String::from_utf8_lossy(e).into_owned())).collect())
-            }
-            TensorData::Fixed(b) => fixed_to_json(self.datatype, b),
-        }
-    }
-}
-
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other),
-    }
-}
-
-fn json_to_data(name: &str, dt: DataType, flat: &[&Value]) -> Result<TensorData, ServeError> {
-    let bad = |i: usize, v: &Value| {
-        ServeError::invalid(format!("input '{name}': element {i} is {v}, which is not a valid {dt} value"))
-    };
-    macro_rules! ints {
-        ($t:ty) => {{
-            let mut out: Vec<$t> = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let x = v
-                    .as_i64()
-                    .and_then(|x| <$t>::try_from(x).ok())
-                    .or_else(|| v.as_u64().and_then(|x| <$t>::try_from(x).ok()))
-                    .ok_or_else(|| bad(i, v))?;
-                out.push(x);
-            }
-            TensorData::Fixed(Bytes::from(bytemuck::cast_slice::<$t, u8>(&out).to_vec()))
-        }};
-    }
-    macro_rules! floats {
-        ($t:ty, $conv:expr) => {{
-            let mut out: Vec<$t> = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let x = v.as_f64().ok_or_else(|| bad(i, v))?;
-                out.push($conv(x));
-            }
-            TensorData::Fixed(Bytes::from(bytemuck::cast_slice::<$t, u8>(&out).to_vec()))
-        }};
-    }
-    Ok(match dt {
-        DataType::Bool => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let b = match v {
-                    Value::Bool(b) => *b,
-                    Value::Number(n) if n.as_u64() == Some(0) => false,
-                    Value::Number(n) if n.as_u64() == Some(1) => true,
-                    _ => return Err(bad(i, v)),
-                };
-                out.push(b as u8);
-            }
-            TensorData::Fixed(out.into())
-        }
-        DataType::Uint8 => ints!(u8),
-        DataType::Uint16 => ints!(u16),
-        DataType::Uint32 => ints!(u32),
-        DataType::Uint64 => ints!(u64),
-        DataType::Int8 => ints!(i8),
-        DataType::Int16 => ints!(i16),
-        DataType::Int32 => ints!(i32),
-        DataType::Int64 => ints!(i64),
-        DataType::Fp16 => floats!(half::f16, half::f16::from_f64),
-        DataType::Bf16 => floats!(half::bf16, half::bf16::from_f64),
-        DataType::Fp32 => floats!(f32, |x: f64| x as f32),
-        DataType::Fp64 => floats!(f64, |x: f64| x),
-        DataType::Bytes => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                match v {
-                    Value::String(s) => out.push(Bytes::copy_from_slice(s.as_bytes())),
-                    _ => return Err(bad(i, v)),
-                }
-            }
-            TensorData::Bytes(out)
-        }
-    })
-}
-
-fn fixed_to_json(dt: DataType, b: &[u8]) -> Value {
-    fn nums<T: bytemuck::Pod, F: Fn(T) -> Value>(b: &[u8], f: F) -> Value {
-        Value::Array(bytemuck::pod_collect_to_vec::<u8, T>(b).into_iter().map(f).collect())
-    }
-    let float = |x: f64| serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null);
-    match dt {
-        DataType::Bool => Value::Array(b.iter().map(|&x| Value::Bool(x != 0)).collect()),
-        DataType::Uint8 => nums::<u8, _>(b, Value::from),
-        DataType::Uint16 => nums::<u16, _>(b, Value::from),
-        DataType::Uint32 => nums::<u32, _>(b, Value::from),
-        DataType::Uint64 => nums::<u64, _>(b, Value::from),
-        DataType::Int8 => nums::<i8, _>(b, Value::from),
-        DataType::Int16 => nums::<i16, _>(b, Value::from),
-        DataType::Int32 => nums::<i32, _>(b, Value::from),
-        DataType::Int64 => nums::<i64, _>(b, Value::from),
-        DataType::Fp16 => nums::<half::f16, _>(b, |x| float(x.to_f64())),
-        DataType::Bf16 => nums::<half::bf16, _>(b, |x| float(x.to_f64())),
-        DataType::Fp32 => nums::<f32, _>(b, |x| float(x as f64)),
-        DataType::Fp64 => nums::<f64, _>(b, float),
-        DataType::Bytes => Value::Null,
+        serde_json::to_value(DataJson(self)).unwrap_or(Value::Null)
     }
 }
 

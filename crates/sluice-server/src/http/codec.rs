@@ -2,8 +2,9 @@
 //! extension (a JSON header followed by raw tensors), both ways. Pure functions.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_types::json::{DataJson, JsonData};
 use sluice_types::{
     DataType, InferRequest, InferResponse, ModelConfig, Parameters, RequestedOutput, ServeError, Tensor,
 };
@@ -28,7 +29,7 @@ struct JsonInput {
     #[serde(default)]
     parameters: Option<Parameters>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<JsonData>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +103,7 @@ pub fn decode_request(
                 let raw = binary.split_to(size);
                 Tensor::from_raw(i.name, datatype, i.shape, raw)?
             }
-            (None, Some(data)) => Tensor::from_json(i.name, datatype, i.shape, data)?,
+            (None, Some(data)) => Tensor::from_json_data(i.name, datatype, i.shape, data)?,
             (None, None) => {
                 return Err(ServeError::invalid(format!(
                     "input '{}' has neither 'data' nor a 'binary_data_size' parameter",
@@ -207,6 +208,33 @@ pub fn decode_raw_request(
     Ok(InferRequest { model: model.into(), version: version.map(Into::into), inputs: vec![t], ..Default::default() })
 }
 
+#[derive(Serialize)]
+struct JsonResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    parameters: &'a Parameters,
+    outputs: Vec<JsonOutputTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonOutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<DataJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
 /// Encodes a response. Returns the body and, when some output is binary, the JSON length for
 /// `Inference-Header-Content-Length`.
 pub fn encode_response(
@@ -221,44 +249,48 @@ pub fn encode_response(
         let as_binary = param_bool(params, "binary_data").unwrap_or(enc.all_binary)
             // JSON cannot carry FP16/BF16 exactly; Triton insists on binary for them too.
             || matches!(t.datatype, DataType::Fp16 | DataType::Bf16);
-        let mut o = Map::new();
-        o.insert("name".into(), Value::String(t.name.clone()));
-        o.insert("datatype".into(), Value::String(t.datatype.as_str().into()));
-        o.insert("shape".into(), json!(t.shape));
+        let mut o = JsonOutputTensor {
+            name: &t.name,
+            datatype: t.datatype.as_str(),
+            shape: &t.shape,
+            parameters: None,
+            data: None,
+        };
         if as_binary {
             let raw = t.to_raw();
-            o.insert("parameters".into(), json!({ "binary_data_size": raw.len() }));
+            o.parameters = Some(BinarySize { binary_data_size: raw.len() });
             binary.push(raw);
         } else {
-            o.insert("data".into(), t.to_json());
+            o.data = Some(DataJson(t));
         }
-        outputs.push(Value::Object(o));
+        outputs.push(o);
     }
-    let mut head = Map::new();
-    head.insert("model_name".into(), Value::String(resp.model_name.clone()));
-    head.insert("model_version".into(), Value::String(resp.model_version.clone()));
-    if let Some(id) = &resp.id {
-        head.insert("id".into(), Value::String(id.clone()));
-    }
-    if !resp.parameters.is_empty() {
-        head.insert("parameters".into(), Value::Object(resp.parameters.clone()));
-    }
-    head.insert("outputs".into(), Value::Array(outputs));
-    let json = serde_json::to_vec(&Value::Object(head)).unwrap_or_default();
+    let head = JsonResponse {
+        model_name: &resp.model_name,
+        model_version: &resp.model_version,
+        id: resp.id.as_deref(),
+        parameters: &resp.parameters,
+        outputs,
+    };
+    let binary_len: usize = binary.iter().map(|b| b.len()).sum();
+    let mut out = BytesMut::with_capacity(256 + binary_len).writer();
+    // Serializing plain structs into memory cannot fail.
+    let _ = serde_json::to_writer(&mut out, &head);
+    let mut out = out.into_inner();
     if binary.is_empty() {
-        return (Bytes::from(json), None);
+        return (out.freeze(), None);
     }
-    let mut out = BytesMut::with_capacity(json.len() + binary.iter().map(|b| b.len()).sum::<usize>());
-    out.put_slice(&json);
+    let json_len = out.len();
     for b in &binary {
         out.put_slice(b);
     }
-    (out.freeze(), Some(json.len()))
+    (out.freeze(), Some(json_len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn json_request_round_trip() {
