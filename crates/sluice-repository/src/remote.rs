@@ -78,13 +78,18 @@ pub fn parse_remote_url(url: &str) -> Result<RemoteUrl, ServeError> {
 /// Where mirrors go without `--model-cache-dir`: `$SLUICE_HOME/cache`, else
 /// `~/.local/share/sluice/cache`, else `<tmp>/sluice-cache`.
 pub fn default_cache_dir() -> PathBuf {
+    data_dir("cache")
+}
+
+/// `$SLUICE_HOME/<sub>`, else `~/.local/share/sluice/<sub>`, else `<tmp>/sluice-<sub>`.
+pub fn data_dir(sub: &str) -> PathBuf {
     if let Some(home) = std::env::var_os("SLUICE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home).join("cache");
+        return PathBuf::from(home).join(sub);
     }
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(home).join(".local/share/sluice/cache");
+        return PathBuf::from(home).join(".local/share/sluice").join(sub);
     }
-    std::env::temp_dir().join("sluice-cache")
+    std::env::temp_dir().join(format!("sluice-{sub}"))
 }
 
 /// The cache subdirectory of one remote URL: a readable part and a stable hash of the URL.

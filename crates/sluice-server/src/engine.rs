@@ -124,6 +124,24 @@ impl Engine {
         self.repo.unload(name).await
     }
 
+    /// Checks a request against its model before it is queued as a job: an unknown model or
+    /// inputs that do not fit are refused now, not when a worker gets to them. A model that is
+    /// known but not ready (loading) is accepted unchecked.
+    pub fn check_request(&self, req: &InferRequest) -> Result<(), ServeError> {
+        match self.repo.get(&req.model, req.version.as_deref()) {
+            Ok(served) => validate_request(&served.config, req).map(|_| ()),
+            Err(ServeError::Unavailable(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names of the models that are ready now.
+    pub fn ready_models(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.repo.index(true).into_iter().map(|e| e.name).collect();
+        names.dedup();
+        names
+    }
+
     /// Runs one inference request and records its outcome in the version's statistics.
     ///
     /// A reload can replace the version between the lookup and the queueing: the old version's

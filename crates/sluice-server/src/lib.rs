@@ -8,4 +8,4 @@ pub mod metrics;
 pub mod server;
 
 pub use engine::Engine;
-pub use server::{build_engine, start, EngineOptions, RunningServer, ServerConfig};
+pub use server::{build_engine, start, EngineOptions, JobsOptions, RunningServer, ServerConfig};

@@ -23,6 +23,106 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub grace_period: Duration,
+    /// Asynchronous jobs; `None`: the job endpoints answer 501.
+    pub jobs: Option<JobsOptions>,
+}
+
+/// Where jobs live and how they are run.
+#[derive(Clone, Debug)]
+pub struct JobsOptions {
+    /// The embedded store's directory (`jobs.redb`, the generated webhook secret).
+    pub state_dir: std::path::PathBuf,
+    /// Job workers in this process (0 = accept jobs only).
+    pub workers: usize,
+    /// `whsec_...`; `None`: generated once and kept in the state directory.
+    pub webhook_secret: Option<String>,
+    pub webhook_allow: Vec<String>,
+    pub webhook_max_attempts: u32,
+    pub webhook_backoff: Duration,
+    /// Runs of a job before it is failed.
+    pub max_attempts: u32,
+    /// Queued jobs before submits answer 429.
+    pub max_queued: u64,
+    pub sweep_every: Duration,
+}
+
+impl JobsOptions {
+    pub fn new(state_dir: std::path::PathBuf) -> JobsOptions {
+        JobsOptions {
+            state_dir,
+            workers: 2,
+            webhook_secret: None,
+            webhook_allow: Vec::new(),
+            webhook_max_attempts: 6,
+            webhook_backoff: Duration::from_secs(1),
+            max_attempts: 3,
+            max_queued: 100_000,
+            sweep_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The webhook secret: the configured one, else the one kept in the state directory, else a
+/// new one (kept there, and shown once).
+fn webhook_secret(o: &JobsOptions) -> anyhow::Result<sluice_jobs::Signer> {
+    let secret = match &o.webhook_secret {
+        Some(s) => s.clone(),
+        None => {
+            let path = o.state_dir.join("webhook-secret");
+            match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().to_string(),
+                Err(_) => {
+                    std::fs::create_dir_all(&o.state_dir)?;
+                    let s = sluice_jobs::Signer::generate();
+                    write_private(&path, &s).with_context(|| format!("cannot write {}", path.display()))?;
+                    tracing::warn!(secret = %s, file = %path.display(), "generated a webhook signing secret; it is shown only this once");
+                    s
+                }
+            }
+        }
+    };
+    sluice_jobs::Signer::from_secret(&secret).map_err(anyhow::Error::msg)
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new();
+    f.write(true).create_new(true);
+    #[cfg(unix)]
+    f.mode(0o600);
+    f.open(path)?.write_all(text.as_bytes())
+}
+
+fn start_jobs(
+    o: &JobsOptions,
+    engine: &Arc<Engine>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<sluice_jobs::Jobs>, Vec<JoinHandle<()>>)> {
+    let store = sluice_jobs::EmbeddedStore::open(&o.state_dir, o.max_queued)?;
+    let cfg = sluice_jobs::JobsConfig {
+        max_attempts: o.max_attempts,
+        retry_delay: Duration::from_secs(1),
+        webhooks: sluice_jobs::WebhookConfig {
+            signer: webhook_secret(o)?,
+            allow: o.webhook_allow.clone(),
+            max_attempts: o.webhook_max_attempts,
+            backoff: o.webhook_backoff,
+            timeout: Duration::from_secs(10),
+        },
+        sweep_every: o.sweep_every,
+    };
+    let jobs = sluice_jobs::Jobs::new(Arc::new(store), cfg);
+    let models: Arc<dyn Fn() -> Vec<String> + Send + Sync> = {
+        let engine = engine.clone();
+        Arc::new(move || engine.ready_models())
+    };
+    let service: Arc<dyn sluice_types::InferService> = engine.clone();
+    let mut tasks = jobs.start_workers(o.workers, service, models, stop.clone());
+    tasks.push(jobs.start_maintenance(stop.clone()));
+    tracing::info!(state_dir = %o.state_dir.display(), workers = o.workers, "job queue: embedded store");
+    Ok((jobs, tasks))
 }
 
 impl Default for ServerConfig {
@@ -34,6 +134,7 @@ impl Default for ServerConfig {
             metrics_port: 8002,
             max_body_bytes: 64 << 20,
             grace_period: Duration::from_secs(30),
+            jobs: None,
         }
     }
 }
@@ -46,6 +147,9 @@ pub struct RunningServer {
     pub metrics_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Job workers and maintenance: they finish the job they hold, then stop.
+    job_tasks: Vec<JoinHandle<()>>,
+    pub jobs: Option<Arc<sluice_jobs::Jobs>>,
     grace: Duration,
 }
 
@@ -65,23 +169,35 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
     let (stop, rx) = watch::channel(false);
     let addrs = (http.local_addr()?, grpc.local_addr()?, metrics.local_addr()?);
 
-    let app = crate::http::router(engine.clone(), cfg.max_body_bytes);
+    let (jobs, job_tasks) = match &cfg.jobs {
+        Some(o) => {
+            let (jobs, tasks) = start_jobs(o, &engine, &rx)?;
+            (Some(jobs), tasks)
+        }
+        None => (None, Vec::new()),
+    };
+    let app = crate::http::router(engine.clone(), cfg.max_body_bytes, jobs.clone());
     let http_task = tokio::spawn({
         let rx = rx.clone();
         async move { axum::serve(http, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP server failed") }
     });
     let grpc_task = tokio::spawn(crate::grpc::serve(engine.clone(), grpc, stopped(rx.clone())));
     let repo = engine.repository().clone();
-    let metrics_app =
-        Router::new().route(
-            "/metrics",
-            get(move || {
-                let repo = repo.clone();
-                async move {
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&repo))
+    let jobs_for_metrics = jobs.clone();
+    let metrics_app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (repo, jobs) = (repo.clone(), jobs_for_metrics.clone());
+            async move {
+                let mut text = crate::metrics::render(&repo);
+                if let Some(jobs) = jobs {
+                    let depth = jobs.store.depth().await.unwrap_or_default();
+                    text.push_str(&jobs.metrics.render(&depth));
                 }
-            }),
-        );
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+            }
+        }),
+    );
     let metrics_task = tokio::spawn({
         let rx = rx.clone();
         async move {
@@ -96,6 +212,8 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
         metrics_addr: addrs.2,
         stop,
         tasks: vec![http_task, grpc_task, metrics_task],
+        job_tasks,
+        jobs,
         grace: cfg.grace_period,
     })
 }
@@ -106,7 +224,8 @@ impl RunningServer {
     pub async fn shutdown(self) {
         self.engine.start_draining();
         let _ = self.stop.send(true);
-        let all = futures::future::join_all(self.tasks);
+        let all =
+            futures::future::join(futures::future::join_all(self.tasks), futures::future::join_all(self.job_tasks));
         if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!("grace period over; stopping with requests still in flight");
         }

@@ -27,6 +27,9 @@ pub enum ServeError {
     /// The client went away or cancelled before the request ran.
     #[error("{0}")]
     Cancelled(String),
+    /// The request conflicts with the state of what it names (cancelling a job that ended).
+    #[error("{0}")]
+    Conflict(String),
     /// The body is larger than the configured limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -61,6 +64,7 @@ impl ServeError {
             | ServeError::InvalidArgument(_)
             | ServeError::Unsupported(_)
             | ServeError::PayloadTooLarge(_)
+            | ServeError::Conflict(_)
             | ServeError::Internal(_) => "OTHER",
         }
     }

@@ -95,6 +95,31 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish on SIGTERM.
     #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
     grace_period_secs: u64,
+    /// Where asynchronous jobs are kept (embedded store; default $SLUICE_HOME/state).
+    #[arg(long, env = "SLUICE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Job workers in this process (0 = accept jobs only).
+    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
+    workers: usize,
+    /// Runs of a job before it is failed (a worker that died mid-run counts as a run).
+    #[arg(long, env = "SLUICE_JOB_MAX_ATTEMPTS", default_value_t = 3)]
+    job_max_attempts: u32,
+    /// Queued jobs before submits answer 429.
+    #[arg(long, env = "SLUICE_MAX_QUEUED_JOBS", default_value_t = 100_000)]
+    max_queued_jobs: u64,
+    /// Secret that signs webhooks (whsec_<base64>); default: generated once, kept in --state-dir.
+    #[arg(long, env = "SLUICE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Host a callback_url may point to (repeatable). Without any, public hosts only; private and
+    /// loopback addresses need their host listed here.
+    #[arg(long = "webhook-allow", env = "SLUICE_WEBHOOK_ALLOW", value_delimiter = ',')]
+    webhook_allow: Vec<String>,
+    /// Delivery attempts per webhook (retries on network errors and 5xx).
+    #[arg(long, env = "SLUICE_WEBHOOK_MAX_ATTEMPTS", default_value_t = 6)]
+    webhook_max_attempts: u32,
+    /// Milliseconds before the first webhook retry; doubles each time, with jitter.
+    #[arg(long, env = "SLUICE_WEBHOOK_BACKOFF_MS", default_value_t = 1000)]
+    webhook_backoff_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,6 +158,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_port: args.metrics_port,
         max_body_bytes: args.http_max_body_size,
         grace_period: Duration::from_secs(args.grace_period_secs),
+        jobs: Some(sluice_server::JobsOptions {
+            workers: args.workers,
+            webhook_secret: args.webhook_secret,
+            webhook_allow: args.webhook_allow,
+            webhook_max_attempts: args.webhook_max_attempts,
+            webhook_backoff: Duration::from_millis(args.webhook_backoff_ms),
+            max_attempts: args.job_max_attempts,
+            max_queued: args.max_queued_jobs,
+            ..sluice_server::JobsOptions::new(
+                args.state_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("state")),
+            )
+        }),
     };
     let server = sluice_server::start(engine, &cfg).await?;
     shutdown_signal().await;

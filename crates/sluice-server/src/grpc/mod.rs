@@ -111,6 +111,7 @@ pub fn status_from(e: &ServeError) -> Status {
         ServeError::Cancelled(m) => Status::cancelled(m),
         ServeError::PayloadTooLarge(m) => Status::resource_exhausted(m),
         ServeError::Backend(m) => Status::internal(m),
+        ServeError::Conflict(m) => Status::failed_precondition(m),
         ServeError::Internal(m) => Status::internal(m),
     }
 }

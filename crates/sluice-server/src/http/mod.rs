@@ -1,6 +1,7 @@
 //! The HTTP edge (axum): the V2 REST endpoints and Triton's extensions over the [`Engine`].
 
 mod codec;
+mod jobs;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub fn status_of(e: &ServeError) -> StatusCode {
         ServeError::Cancelled(_) => StatusCode::BAD_REQUEST,
         ServeError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ServeError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServeError::Conflict(_) => StatusCode::CONFLICT,
         ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -63,11 +65,13 @@ type HttpResult<T> = Result<T, HttpError>;
 struct AppState {
     engine: Arc<Engine>,
     max_body_bytes: usize,
+    /// `None`: the job endpoints answer 501.
+    jobs: Option<Arc<sluice_jobs::Jobs>>,
 }
 
 /// The router of the inference port.
-pub fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
-    let state = AppState { engine, max_body_bytes };
+pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluice_jobs::Jobs>>) -> Router {
+    let state = AppState { engine, max_body_bytes, jobs };
     Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -83,6 +87,10 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/jobs", post(jobs::submit))
+        .route("/v2/models/{model}/versions/{version}/jobs", post(jobs::submit_v))
+        .route("/v2/jobs", get(jobs::list_jobs))
+        .route("/v2/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
@@ -205,6 +213,17 @@ async fn infer_v(
 
 const HEADER_LEN: &str = "inference-header-content-length";
 
+fn header_len(headers: &HeaderMap) -> HttpResult<Option<usize>> {
+    match headers.get(HEADER_LEN) {
+        None => Ok(None),
+        Some(v) => {
+            Ok(Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ServeError::invalid(format!("{HEADER_LEN} must be a non-negative integer, got {v:?}"))
+            })?))
+        }
+    }
+}
+
 async fn run_infer(
     s: &AppState,
     model: &str,
@@ -213,13 +232,7 @@ async fn run_infer(
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult<Response> {
     let body = body_or_error(s, body)?;
-    let header_len =
-        match headers.get(HEADER_LEN) {
-            None => None,
-            Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
-                ServeError::invalid(format!("{HEADER_LEN} must be a non-negative integer, got {v:?}"))
-            })?),
-        };
+    let header_len = header_len(headers)?;
     let (req, enc) = if header_len == Some(0) {
         let config = s.engine.model_config(model, version)?;
         (decode_raw_request(model, version, &config, body)?, OutputEncoding { all_binary: true })
