@@ -156,7 +156,7 @@ def main():
     log = open(tmp / "server.log", "w")
     cmd = [args.sluice, "serve", "--model-repository", str(tmp / "models"), "--host", "127.0.0.1",
            "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-           "--model-control-mode", "explicit", "--load-model", MODEL]
+           "--model-control-mode", "explicit", "--load-model", MODEL, "--state-dir", str(tmp / "state")]
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{http}"
     try:

@@ -87,6 +87,9 @@ class SluiceServer:
             str(self.metrics_port),
             "--host",
             self.host,
+            # Each server keeps its jobs apart: an embedded store has one owner at a time.
+            "--state-dir",
+            str(log_dir / f"{name}-{self.http_port}-state"),
             *(extra_args or []),
             *shlex.split(os.environ.get("SLUICE_EXTRA_ARGS", "")),
         ]

@@ -216,6 +216,9 @@ impl Server {
             .arg(repo)
             .args(["--http-port", &http.to_string(), "--grpc-port", &grpc.to_string()])
             .args(["--metrics-port", &metrics.to_string()])
+            // A fresh job store per server: the previous one may still be shutting down.
+            .arg("--state-dir")
+            .arg(log.with_extension("state"))
             .arg("--onnxruntime-lib")
             .arg(ort_lib)
             .args(["--onnx-intra-op-threads", &threads.to_string(), "--grace-period-secs", "2"])
