@@ -6,12 +6,14 @@
 pub mod embedded;
 pub mod metrics;
 pub mod record;
+pub mod redis_store;
 pub mod store;
 pub mod webhook;
 pub mod worker;
 
 pub use embedded::EmbeddedStore;
 pub use record::{JobRecord, JobStatus, NewJob, DEFAULT_PRIORITY};
+pub use redis_store::RedisStore;
 pub use store::{JobStore, ListFilter};
 pub use webhook::{Signer, WebhookConfig};
 pub use worker::{Jobs, JobsConfig};

@@ -43,6 +43,18 @@ pub trait JobStore: Send + Sync + 'static {
     /// Puts a claimed job back in the queue (its worker is stopping, or the model was not ready).
     async fn release(&self, id: &str) -> Result<(), ServeError>;
 
+    /// Tells the store the job's worker is alive and still running it (Redis: renews the claim
+    /// so that no other worker takes it over).
+    async fn heartbeat(&self, _job: &JobRecord) -> Result<(), ServeError> {
+        Ok(())
+    }
+
+    /// The webhook secret shared by every process of this store: the stored one, or `candidate`
+    /// (stored now; the flag says so). The embedded store keeps its secret in a file instead.
+    async fn webhook_secret(&self, candidate: String) -> Result<(String, bool), ServeError> {
+        Ok((candidate, true))
+    }
+
     /// Records the webhook attempts so far, and whether delivery is still due.
     async fn record_deliveries(&self, id: &str, deliveries: Vec<Delivery>, pending: bool) -> Result<(), ServeError>;
 

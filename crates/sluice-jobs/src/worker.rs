@@ -24,6 +24,8 @@ pub struct JobsConfig {
     pub webhooks: WebhookConfig,
     /// How often expired results are deleted.
     pub sweep_every: Duration,
+    /// How often a running job's claim is renewed (well under the store's visibility timeout).
+    pub heartbeat: Duration,
 }
 
 /// The job subsystem of one process.
@@ -184,9 +186,18 @@ impl Jobs {
         };
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.running.lock().insert(job.job_id.clone(), cancel_tx);
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.cfg.heartbeat).await;
+                if let Err(e) = self.store.heartbeat(&job).await {
+                    tracing::warn!(job = %job.job_id, error = %e, "cannot renew a job's claim");
+                }
+            }
+        };
         let outcome = tokio::select! {
             r = service.infer(request) => Some(r),
             _ = cancel_rx => None,
+            _ = heartbeat => None,
         };
         self.running.lock().remove(&job.job_id);
         let Some(result) = outcome else { return }; // cancelled: the store says so already

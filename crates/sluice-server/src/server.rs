@@ -25,6 +25,9 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Asynchronous jobs; `None`: the job endpoints answer 501.
     pub jobs: Option<JobsOptions>,
+    /// Serve the inference endpoints (HTTP and gRPC); `false` for `sluice worker`, which only
+    /// runs jobs and serves /metrics.
+    pub inference: bool,
 }
 
 /// Where jobs live and how they are run.
@@ -34,6 +37,10 @@ pub struct JobsOptions {
     pub state_dir: std::path::PathBuf,
     /// Job workers in this process (0 = accept jobs only).
     pub workers: usize,
+    /// `redis://host:port/db`: jobs live in Redis, shared by every process pointed at it.
+    pub queue: Option<String>,
+    /// Redis: a job whose worker stopped renewing its claim this long is taken over.
+    pub visibility_timeout: Duration,
     /// `whsec_...`; `None`: generated once and kept in the state directory.
     pub webhook_secret: Option<String>,
     pub webhook_allow: Vec<String>,
@@ -51,6 +58,8 @@ impl JobsOptions {
         JobsOptions {
             state_dir,
             workers: 2,
+            queue: None,
+            visibility_timeout: Duration::from_secs(30),
             webhook_secret: None,
             webhook_allow: Vec::new(),
             webhook_max_attempts: 6,
@@ -64,9 +73,16 @@ impl JobsOptions {
 
 /// The webhook secret: the configured one, else the one kept in the state directory, else a
 /// new one (kept there, and shown once).
-fn webhook_secret(o: &JobsOptions) -> anyhow::Result<sluice_jobs::Signer> {
+async fn webhook_secret(o: &JobsOptions, store: &dyn sluice_jobs::JobStore) -> anyhow::Result<sluice_jobs::Signer> {
     let secret = match &o.webhook_secret {
         Some(s) => s.clone(),
+        None if o.queue.is_some() => {
+            let (s, new) = store.webhook_secret(sluice_jobs::Signer::generate()).await?;
+            if new {
+                tracing::warn!(secret = %s, "generated a webhook signing secret, kept in the job store; it is shown only this once");
+            }
+            s
+        }
         None => {
             let path = o.state_dir.join("webhook-secret");
             match std::fs::read_to_string(&path) {
@@ -95,25 +111,37 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     f.open(path)?.write_all(text.as_bytes())
 }
 
-fn start_jobs(
+async fn start_jobs(
     o: &JobsOptions,
     engine: &Arc<Engine>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<sluice_jobs::Jobs>, Vec<JoinHandle<()>>)> {
-    let store = sluice_jobs::EmbeddedStore::open(&o.state_dir, o.max_queued)?;
+    let store: Arc<dyn sluice_jobs::JobStore> = match &o.queue {
+        Some(url) => {
+            let store = sluice_jobs::RedisStore::connect(url, "sluice", o.visibility_timeout, o.max_queued).await?;
+            tracing::info!(queue = %url, workers = o.workers, "job queue: Redis Streams");
+            Arc::new(store)
+        }
+        None => {
+            let store = sluice_jobs::EmbeddedStore::open(&o.state_dir, o.max_queued)?;
+            tracing::info!(state_dir = %o.state_dir.display(), workers = o.workers, "job queue: embedded store");
+            Arc::new(store)
+        }
+    };
     let cfg = sluice_jobs::JobsConfig {
         max_attempts: o.max_attempts,
         retry_delay: Duration::from_secs(1),
         webhooks: sluice_jobs::WebhookConfig {
-            signer: webhook_secret(o)?,
+            signer: webhook_secret(o, store.as_ref()).await?,
             allow: o.webhook_allow.clone(),
             max_attempts: o.webhook_max_attempts,
             backoff: o.webhook_backoff,
             timeout: Duration::from_secs(10),
         },
         sweep_every: o.sweep_every,
+        heartbeat: (o.visibility_timeout / 3).max(Duration::from_millis(100)),
     };
-    let jobs = sluice_jobs::Jobs::new(Arc::new(store), cfg);
+    let jobs = sluice_jobs::Jobs::new(store, cfg);
     let models: Arc<dyn Fn() -> Vec<String> + Send + Sync> = {
         let engine = engine.clone();
         Arc::new(move || engine.ready_models())
@@ -121,7 +149,6 @@ fn start_jobs(
     let service: Arc<dyn sluice_types::InferService> = engine.clone();
     let mut tasks = jobs.start_workers(o.workers, service, models, stop.clone());
     tasks.push(jobs.start_maintenance(stop.clone()));
-    tracing::info!(state_dir = %o.state_dir.display(), workers = o.workers, "job queue: embedded store");
     Ok((jobs, tasks))
 }
 
@@ -135,6 +162,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 << 20,
             grace_period: Duration::from_secs(30),
             jobs: None,
+            inference: true,
         }
     }
 }
@@ -163,25 +191,30 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// Binds all listeners (port 0 picks a free port) and starts serving.
 pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<RunningServer> {
-    let http = bind(&cfg.host, cfg.http_port, "HTTP").await?;
-    let grpc = bind(&cfg.host, cfg.grpc_port, "gRPC").await?;
     let metrics = bind(&cfg.host, cfg.metrics_port, "metrics").await?;
+    let metrics_addr = metrics.local_addr()?;
     let (stop, rx) = watch::channel(false);
-    let addrs = (http.local_addr()?, grpc.local_addr()?, metrics.local_addr()?);
-
     let (jobs, job_tasks) = match &cfg.jobs {
         Some(o) => {
-            let (jobs, tasks) = start_jobs(o, &engine, &rx)?;
+            let (jobs, tasks) = start_jobs(o, &engine, &rx).await?;
             (Some(jobs), tasks)
         }
         None => (None, Vec::new()),
     };
-    let app = crate::http::router(engine.clone(), cfg.max_body_bytes, jobs.clone());
-    let http_task = tokio::spawn({
-        let rx = rx.clone();
-        async move { axum::serve(http, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP server failed") }
-    });
-    let grpc_task = tokio::spawn(crate::grpc::serve(engine.clone(), grpc, stopped(rx.clone())));
+    let mut tasks = Vec::new();
+    // A worker-only process serves no inference; its addresses say so (port 0).
+    let (mut http_addr, mut grpc_addr) = (SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([0, 0, 0, 0], 0)));
+    if cfg.inference {
+        let http = bind(&cfg.host, cfg.http_port, "HTTP").await?;
+        let grpc = bind(&cfg.host, cfg.grpc_port, "gRPC").await?;
+        (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let app = crate::http::router(engine.clone(), cfg.max_body_bytes, jobs.clone());
+        tasks.push(tokio::spawn({
+            let rx = rx.clone();
+            async move { axum::serve(http, app).with_graceful_shutdown(stopped(rx)).await.context("HTTP server failed") }
+        }));
+        tasks.push(tokio::spawn(crate::grpc::serve(engine.clone(), grpc, stopped(rx.clone()))));
+    }
     let repo = engine.repository().clone();
     let jobs_for_metrics = jobs.clone();
     let metrics_app = Router::new().route(
@@ -198,20 +231,24 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
             }
         }),
     );
-    let metrics_task = tokio::spawn({
+    tasks.push(tokio::spawn({
         let rx = rx.clone();
         async move {
             axum::serve(metrics, metrics_app).with_graceful_shutdown(stopped(rx)).await.context("metrics server failed")
         }
-    });
-    tracing::info!(http = %addrs.0, grpc = %addrs.1, metrics = %addrs.2, "sluice is listening");
+    }));
+    if cfg.inference {
+        tracing::info!(http = %http_addr, grpc = %grpc_addr, metrics = %metrics_addr, "sluice is listening");
+    } else {
+        tracing::info!(metrics = %metrics_addr, "sluice worker is running");
+    }
     Ok(RunningServer {
         engine,
-        http_addr: addrs.0,
-        grpc_addr: addrs.1,
-        metrics_addr: addrs.2,
+        http_addr,
+        grpc_addr,
+        metrics_addr,
         stop,
-        tasks: vec![http_task, grpc_task, metrics_task],
+        tasks,
         job_tasks,
         jobs,
         grace: cfg.grace_period,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_server::{EngineOptions, ServerConfig};
+use sluice_server::{EngineOptions, JobsOptions, ServerConfig};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,9 @@ struct Cli {
 enum Command {
     /// Serve the models of one or more model repositories.
     Serve(ServeArgs),
+    /// Run only job workers: take jobs from the Redis queue (--queue) and run them, with no
+    /// inference endpoints (only /metrics).
+    Worker(WorkerArgs),
     /// List, inspect, load and unload the models of a running server.
     Models(models::ModelsArgs),
 }
@@ -48,14 +51,8 @@ enum ControlMode {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Model repository (repeatable): a directory, or s3://bucket/prefix, gs://bucket/prefix,
-    /// az://container/prefix (mirrored into --model-cache-dir; credentials and endpoint from the
-    /// standard AWS_* / GOOGLE_* / AZURE_* variables).
-    #[arg(long = "model-repository", env = "SLUICE_MODEL_REPOSITORY", value_delimiter = ',', required = true)]
-    model_repository: Vec<PathBuf>,
-    /// Where object-storage repositories are mirrored (default $SLUICE_HOME/cache).
-    #[arg(long, env = "SLUICE_MODEL_CACHE_DIR")]
-    model_cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Address to listen on.
     #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
     host: String,
@@ -68,6 +65,51 @@ struct ServeArgs {
     /// Prometheus metrics port (/metrics).
     #[arg(long, env = "SLUICE_METRICS_PORT", default_value_t = 8002)]
     metrics_port: u16,
+    /// Largest accepted HTTP body in bytes; larger ones get 413.
+    #[arg(long, env = "SLUICE_HTTP_MAX_BODY_SIZE", default_value_t = 64 << 20)]
+    http_max_body_size: usize,
+    /// Seconds in-flight requests and running jobs get to finish on SIGTERM.
+    #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
+    grace_period_secs: u64,
+    #[command(flatten)]
+    jobs: JobArgs,
+    /// Job workers in this process (0 = accept jobs only).
+    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
+    workers: usize,
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Address of the metrics port.
+    #[arg(long, env = "SLUICE_HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Prometheus metrics port (/metrics: job queue depth, model metrics).
+    #[arg(long, env = "SLUICE_METRICS_PORT", default_value_t = 8002)]
+    metrics_port: u16,
+    /// Seconds the running jobs get to finish on SIGTERM (unfinished ones are taken over by
+    /// other workers after the visibility timeout).
+    #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
+    grace_period_secs: u64,
+    #[command(flatten)]
+    jobs: JobArgs,
+    /// Jobs this process runs at once.
+    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
+    workers: usize,
+}
+
+/// What loads and runs models.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Model repository (repeatable): a directory, or s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix (mirrored into --model-cache-dir; credentials and endpoint from the
+    /// standard AWS_* / GOOGLE_* / AZURE_* variables).
+    #[arg(long = "model-repository", env = "SLUICE_MODEL_REPOSITORY", value_delimiter = ',', required = true)]
+    model_repository: Vec<PathBuf>,
+    /// Where object-storage repositories are mirrored (default $SLUICE_HOME/cache).
+    #[arg(long, env = "SLUICE_MODEL_CACHE_DIR")]
+    model_cache_dir: Option<PathBuf>,
     /// When models are loaded.
     #[arg(long, env = "SLUICE_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
     model_control_mode: ControlMode,
@@ -83,31 +125,34 @@ struct ServeArgs {
     /// ONNX Runtime intra-op threads per model instance (0 = ONNX Runtime's default).
     #[arg(long, env = "SLUICE_ONNX_INTRA_OP_THREADS", default_value_t = 0)]
     onnx_intra_op_threads: usize,
-    /// Largest accepted HTTP body in bytes; larger ones get 413.
-    #[arg(long, env = "SLUICE_HTTP_MAX_BODY_SIZE", default_value_t = 64 << 20)]
-    http_max_body_size: usize,
     /// Requests a model version may hold queued before answering 429.
     #[arg(long, env = "SLUICE_MAX_QUEUE_SIZE", default_value_t = 1024)]
     max_queue_size: usize,
     /// Queued input bytes a model version may hold before answering 429 (0 = no limit).
     #[arg(long, env = "SLUICE_MAX_QUEUE_BYTES", default_value_t = 256 << 20)]
     max_queue_bytes: usize,
-    /// Seconds in-flight requests get to finish on SIGTERM.
-    #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
-    grace_period_secs: u64,
+}
+
+/// Where jobs live and how webhooks go.
+#[derive(clap::Args)]
+struct JobArgs {
     /// Where asynchronous jobs are kept (embedded store; default $SLUICE_HOME/state).
     #[arg(long, env = "SLUICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Job workers in this process (0 = accept jobs only).
-    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
-    workers: usize,
+    /// Keep jobs in Redis instead (redis://host:port/db), shared by every server and worker
+    /// pointed at it.
+    #[arg(long, env = "SLUICE_QUEUE")]
+    queue: Option<String>,
+    /// Redis: seconds after which a job whose worker stopped renewing its claim is taken over.
+    #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30)]
+    visibility_timeout_secs: u64,
     /// Runs of a job before it is failed (a worker that died mid-run counts as a run).
     #[arg(long, env = "SLUICE_JOB_MAX_ATTEMPTS", default_value_t = 3)]
     job_max_attempts: u32,
-    /// Queued jobs before submits answer 429.
+    /// Queued jobs before submits answer 429 (per model with Redis).
     #[arg(long, env = "SLUICE_MAX_QUEUED_JOBS", default_value_t = 100_000)]
     max_queued_jobs: u64,
-    /// Secret that signs webhooks (whsec_<base64>); default: generated once, kept in --state-dir.
+    /// Secret that signs webhooks (whsec_<base64>); default: generated once, kept in the job store.
     #[arg(long, env = "SLUICE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
     /// Host a callback_url may point to (repeatable). Without any, public hosts only; private and
@@ -122,6 +167,43 @@ struct ServeArgs {
     webhook_backoff_ms: u64,
 }
 
+impl EngineArgs {
+    fn options(self) -> EngineOptions {
+        EngineOptions {
+            model_repositories: self.model_repository,
+            control_mode: match self.model_control_mode {
+                ControlMode::None => sluice_repository::ControlMode::None,
+                ControlMode::Explicit => sluice_repository::ControlMode::Explicit,
+                ControlMode::Poll => sluice_repository::ControlMode::Poll,
+            },
+            load_models: self.load_model,
+            onnxruntime_lib: self.onnxruntime_lib,
+            intra_op_threads: self.onnx_intra_op_threads,
+            queue_capacity: self.max_queue_size,
+            queue_max_bytes: self.max_queue_bytes,
+            poll_interval: Duration::from_secs(self.repository_poll_secs.max(1)),
+            model_cache_dir: self.model_cache_dir,
+        }
+    }
+}
+
+impl JobArgs {
+    fn options(self, workers: usize) -> JobsOptions {
+        JobsOptions {
+            workers,
+            queue: self.queue,
+            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs.max(1)),
+            webhook_secret: self.webhook_secret,
+            webhook_allow: self.webhook_allow,
+            webhook_max_attempts: self.webhook_max_attempts,
+            webhook_backoff: Duration::from_millis(self.webhook_backoff_ms),
+            max_attempts: self.job_max_attempts,
+            max_queued: self.max_queued_jobs,
+            ..JobsOptions::new(self.state_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("state")))
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -130,27 +212,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
+        Command::Worker(args) => rt.block_on(worker(args)),
         Command::Models(args) => models::finish(rt.block_on(models::run(args))),
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let opts = EngineOptions {
-        model_repositories: args.model_repository,
-        control_mode: match args.model_control_mode {
-            ControlMode::None => sluice_repository::ControlMode::None,
-            ControlMode::Explicit => sluice_repository::ControlMode::Explicit,
-            ControlMode::Poll => sluice_repository::ControlMode::Poll,
-        },
-        load_models: args.load_model,
-        onnxruntime_lib: args.onnxruntime_lib,
-        intra_op_threads: args.onnx_intra_op_threads,
-        queue_capacity: args.max_queue_size,
-        queue_max_bytes: args.max_queue_bytes,
-        poll_interval: Duration::from_secs(args.repository_poll_secs.max(1)),
-        model_cache_dir: args.model_cache_dir,
-    };
-    let engine = sluice_server::build_engine(&opts).await?;
+    let engine = sluice_server::build_engine(&args.engine.options()).await?;
     let cfg = ServerConfig {
         host: args.host,
         http_port: args.http_port,
@@ -158,22 +226,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_port: args.metrics_port,
         max_body_bytes: args.http_max_body_size,
         grace_period: Duration::from_secs(args.grace_period_secs),
-        jobs: Some(sluice_server::JobsOptions {
-            workers: args.workers,
-            webhook_secret: args.webhook_secret,
-            webhook_allow: args.webhook_allow,
-            webhook_max_attempts: args.webhook_max_attempts,
-            webhook_backoff: Duration::from_millis(args.webhook_backoff_ms),
-            max_attempts: args.job_max_attempts,
-            max_queued: args.max_queued_jobs,
-            ..sluice_server::JobsOptions::new(
-                args.state_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("state")),
-            )
-        }),
+        jobs: Some(args.jobs.options(args.workers)),
+        inference: true,
     };
     let server = sluice_server::start(engine, &cfg).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.jobs.queue.is_some(),
+        "sluice worker takes jobs from a shared queue: give --queue redis://host:port/db"
+    );
+    let engine = sluice_server::build_engine(&args.engine.options()).await?;
+    let cfg = ServerConfig {
+        host: args.host,
+        metrics_port: args.metrics_port,
+        grace_period: Duration::from_secs(args.grace_period_secs),
+        jobs: Some(args.jobs.options(args.workers.max(1))),
+        inference: false,
+        ..ServerConfig::default()
+    };
+    let server = sluice_server::start(engine, &cfg).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing the jobs in hand");
     server.shutdown().await;
     Ok(())
 }
