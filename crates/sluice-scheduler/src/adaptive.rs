@@ -108,6 +108,8 @@ const SHRINK: f64 = 0.8;
 const RELAX: f64 = 1.05;
 /// Executions over which the peak number of requests in the system is remembered.
 const PEAKS: usize = 8;
+/// Throughputs within this share of the best count as tied (saturated choice).
+const NEAR_BEST: f64 = 0.97;
 /// Costs below this are measurement noise.
 const MIN_COST_S: f64 = 1e-6;
 
@@ -350,13 +352,11 @@ impl AdaptiveController {
         };
         let mut best: Option<u64> = None;
         let mut cap: Option<u64> = None;
-        let mut fastest = (1u64, 0.0f64);
+        let mut rates = Vec::new();
         for b in candidates(self.max_batch_size) {
             let Some(c) = self.cost(b) else { continue };
             let throughput = self.instances * b as f64 / c;
-            if throughput > fastest.1 * (1.0 + 1e-9) {
-                fastest = (b, throughput);
-            }
+            rates.push((b, throughput));
             if 2.0 * c <= budget {
                 cap = Some(b);
             }
@@ -374,7 +374,11 @@ impl AdaptiveController {
                 cold: false,
             },
             None => {
-                let b = fastest.0;
+                // Among sizes within a few percent of the best throughput, the largest: when costs
+                // are nearly flat in b (measurement noise decides), a cap of 1 would never measure
+                // larger batches again, and a larger batch costs fewer dispatches.
+                let top = rates.iter().map(|&(_, t)| t).fold(0.0, f64::max);
+                let b = rates.iter().filter(|&&(_, t)| t >= top * NEAR_BEST).map(|&(b, _)| b).max().unwrap_or(1);
                 Choice {
                     max_batch: b,
                     max_delay: delay(b, self.cost(b).unwrap_or(0.0)),
@@ -509,6 +513,17 @@ mod tests {
         let ch = c.choice();
         assert!(ch.saturated, "{ch:?}");
         assert_eq!((ch.max_batch, ch.target_batch, ch.max_delay), (32, 32, Duration::ZERO));
+    }
+
+    #[test]
+    fn saturated_with_flat_costs_it_does_not_settle_on_batch_one() {
+        // No fixed cost: every batch size gives the same throughput, 1000/s; 5000/s arrive.
+        let mut c = controller(5, 16);
+        feed_costs(&mut c, 0.0, 1.0, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
+        let ch = c.choice();
+        assert!(ch.saturated, "{ch:?}");
+        assert_eq!(ch.max_batch, 16, "{ch:?}");
     }
 
     #[test]
