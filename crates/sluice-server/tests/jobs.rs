@@ -264,3 +264,36 @@ async fn webhook_is_signed_retried_on_5xx_and_recorded() {
     assert!(m.contains("sluice_webhook_deliveries_total{outcome=\"delivered\"} 1"), "{m}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_can_be_submitted_with_binary_tensors() {
+    let state = tempfile::tempdir().unwrap();
+    let (_repo, s) = server_with(1, state.path(), &[]).await;
+    let head = json!({
+        "inputs": [
+            {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}},
+            {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}],
+        "ttl_seconds": 120
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    for x in (0..16).map(|i| i as f32).chain(std::iter::repeat_n(2.0f32, 16)) {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    let resp = reqwest::Client::new()
+        .post(url(&s, "/v2/models/add_sub/jobs"))
+        .header("Inference-Header-Content-Length", head.len())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+    let v = wait_final(&s, &id).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["ttl_seconds"], 120);
+    let out: Vec<f32> = serde_json::from_value(v["result"]["outputs"][1]["data"].clone()).unwrap();
+    assert_eq!(out, (0..16).map(|i| i as f32 - 2.0).collect::<Vec<_>>());
+    s.shutdown().await;
+}
