@@ -514,22 +514,40 @@ impl JobStore for RedisStore {
     }
 
     async fn sweep(&self) -> Result<usize, ServeError> {
-        // Records expire by themselves; drop index entries that outlived them.
-        let ids: Vec<String> = self.conn().zrange(self.index(), 0, 999).await.map_err(redis_err)?;
-        let mut gone = Vec::new();
-        for id in ids {
-            let exists: bool = self.conn().exists(self.job_key(&id)).await.map_err(redis_err)?;
-            if !exists {
-                gone.push(id);
+        // Records expire by themselves; drop the index entries that outlived them, oldest first,
+        // a chunk at a time, until a chunk is all alive (bounded work per sweep).
+        let mut removed = 0;
+        let mut start = 0isize;
+        for _ in 0..SWEEP_CHUNKS {
+            let ids: Vec<String> =
+                self.conn().zrange(self.index(), start, start + SWEEP_CHUNK - 1).await.map_err(redis_err)?;
+            if ids.is_empty() {
+                break;
             }
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.exists(self.job_key(id));
+            }
+            let alive: Vec<bool> = p.query_async(&mut self.conn()).await.map_err(redis_err)?;
+            let gone: Vec<&String> = ids.iter().zip(&alive).filter(|(_, a)| !**a).map(|(id, _)| id).collect();
+            if !gone.is_empty() {
+                let _: () = self.conn().zrem(self.index(), &gone).await.map_err(redis_err)?;
+                let _: () = self.conn().srem(self.webhooks(), &gone).await.map_err(redis_err)?;
+                removed += gone.len();
+            }
+            if gone.is_empty() {
+                break;
+            }
+            // The survivors of this chunk stay at its front.
+            start += (ids.len() - gone.len()) as isize;
         }
-        if !gone.is_empty() {
-            let _: () = self.conn().zrem(self.index(), &gone).await.map_err(redis_err)?;
-            let _: () = self.conn().srem(self.webhooks(), &gone).await.map_err(redis_err)?;
-        }
-        Ok(gone.len())
+        Ok(removed)
     }
 }
+
+/// Index entries checked per round trip, and round trips per sweep at most.
+const SWEEP_CHUNK: isize = 1000;
+const SWEEP_CHUNKS: usize = 100;
 
 #[cfg(test)]
 mod tests {
@@ -631,5 +649,24 @@ mod tests {
         let again = b.claim(&models(), Duration::from_millis(500)).await.unwrap().unwrap();
         assert_eq!((again.job_id.as_str(), again.attempts), (k.job_id.as_str(), 2));
         clean(&a).await;
+    }
+
+    #[tokio::test]
+    async fn expired_results_say_so_and_leave_the_index() {
+        let s = store(&prefix("expiry"), 30_000).await;
+        let mut j = job("m", None);
+        j.ttl_seconds = 1;
+        let (j, _) = s.submit(j).await.unwrap();
+        let mut got = s.claim(&models(), Duration::from_millis(500)).await.unwrap().unwrap();
+        got.finish(JobStatus::Completed, Some(serde_json::json!(1)), None);
+        s.finish(got).await.unwrap();
+        assert_eq!(s.get(&j.job_id).await.unwrap().status, JobStatus::Completed);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let e = s.get(&j.job_id).await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert_eq!(s.sweep().await.unwrap(), 1);
+        let left: Vec<String> = s.conn().zrange(s.index(), 0, -1).await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        clean(&s).await;
     }
 }
