@@ -45,6 +45,10 @@ pub struct ServedVersion {
     pub runner: ModelRunner,
     /// What `model_warmup` ran before this version took traffic (not in its statistics).
     pub warmup: crate::warmup::WarmupReport,
+    /// The text step, when the config declares one (`text_input`).
+    pub text: Option<Arc<sluice_text::TextInput>>,
+    /// Class labels per output (`label_filename`, else the model directory's `labels.txt`).
+    pub labels: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ServedVersion {
@@ -635,14 +639,26 @@ async fn start_version(
     let cfg = config.clone();
     // Load the instances, then warm each of them (Triton's `model_warmup`) before the version
     // can take traffic; a failing warmup fails the load.
-    let (instances, warmup) = tokio::task::spawn_blocking(move || {
+    let (instances, warmup, text, labels) = tokio::task::spawn_blocking(move || {
+        let text = sluice_text::TextInput::from_config(&cfg, &files.model_dir, &files.version_dir)?;
+        let mut labels = std::collections::BTreeMap::new();
+        for o in &cfg.output {
+            if let Some(l) = sluice_text::labels_for(&cfg, &o.name, &files.model_dir)? {
+                labels.insert(o.name.clone(), l);
+            }
+        }
         let samples = crate::warmup::build_samples(&cfg, &files.model_dir)?;
         let mut instances = (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()?;
         let report = crate::warmup::run(&cfg, &samples, &mut instances)?;
-        Ok::<_, ServeError>((instances, report))
+        Ok::<_, ServeError>((instances, report, text, labels))
     })
     .await
     .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
+    // Tokenized inputs batch raggedly: each batch is padded to its longest sequence.
+    let config = match &text {
+        Some(t) => Arc::new(t.runner_config(&config)),
+        None => config,
+    };
     if warmup.samples > 0 {
         tracing::info!(
             model = %config.name,
@@ -655,7 +671,15 @@ async fn start_version(
     }
     let label = format!("{}:{version}", config.name);
     let runner = ModelRunner::start(label, &config, instances, limits, Arc::new(ModelStats::default()))?;
-    Ok(Arc::new(ServedVersion { name: config.name.clone(), version, config, runner, warmup }))
+    Ok(Arc::new(ServedVersion {
+        name: config.name.clone(),
+        version,
+        config,
+        runner,
+        warmup,
+        text: text.map(Arc::new),
+        labels,
+    }))
 }
 
 /// Writes files sent inline with a load request into a fresh directory, refusing paths that

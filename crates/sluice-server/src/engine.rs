@@ -77,11 +77,16 @@ impl Engine {
                 })
                 .collect()
         };
+        // A model with a text step takes text, not token ids.
+        let inputs = match &served.text {
+            Some(t) => meta(&[t.public_input()]),
+            None => meta(&c.input),
+        };
         Ok(ModelMetadata {
             name: model.to_string(),
             versions: self.repo.ready_versions(model).iter().map(|s| s.version.to_string()).collect(),
             platform: if c.platform.is_empty() { c.backend.clone() } else { c.platform.clone() },
-            inputs: meta(&c.input),
+            inputs,
             outputs: meta(&c.output),
         })
     }
@@ -129,7 +134,14 @@ impl Engine {
     /// known but not ready (loading) is accepted unchecked.
     pub fn check_request(&self, req: &InferRequest) -> Result<(), ServeError> {
         match self.repo.get(&req.model, req.version.as_deref()) {
-            Ok(served) => validate_request(&served.config, req).map(|_| ()),
+            Ok(served) => match &served.text {
+                Some(text) => {
+                    let mut tokenized = req.clone();
+                    text.apply(&mut tokenized, served.config.max_batch_size > 0)?;
+                    validate_request(&served.config, &tokenized).map(|_| ())
+                }
+                None => validate_request(&served.config, req).map(|_| ()),
+            },
             Err(ServeError::Unavailable(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -174,6 +186,9 @@ impl Engine {
 
     async fn run(&self, served: &ServedVersion, req: &mut InferRequest) -> Result<Answer, ServeError> {
         let config = &served.config;
+        if let Some(text) = &served.text {
+            text.apply(req, config.max_batch_size > 0)?;
+        }
         let batch = validate_request(config, req)?;
         let mut inputs = std::mem::take(&mut req.inputs);
         reshape_inputs(config, &mut inputs);
@@ -209,6 +224,7 @@ impl Engine {
             outputs.sort_by_key(|t| wanted.iter().position(|w| *w == t.name).unwrap_or(usize::MAX));
             outputs.retain(|t| wanted.contains(&t.name));
         }
+        classify_outputs(served, &req.outputs, &mut outputs)?;
         Ok(Answer {
             response: InferResponse {
                 model_name: served.name.clone(),
@@ -220,6 +236,32 @@ impl Engine {
             timings: executed.timings,
         })
     }
+}
+
+/// Triton's `classification` output parameter: the requested outputs become their top-k
+/// `"score:index:label"` strings.
+fn classify_outputs(
+    served: &ServedVersion,
+    requested: &[sluice_types::RequestedOutput],
+    outputs: &mut [sluice_types::Tensor],
+) -> Result<(), ServeError> {
+    for r in requested {
+        let Some(v) = r.parameters.get("classification") else { continue };
+        let k = match v {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|&k| k > 0)
+        .ok_or_else(|| {
+            ServeError::invalid(format!("output '{}': classification must be a positive integer, got {v}", r.name))
+        })?;
+        if let Some(t) = outputs.iter_mut().find(|t| t.name == r.name) {
+            let labels = served.labels.get(&r.name).map(Vec::as_slice);
+            *t = sluice_text::classify(t, k as usize, labels, served.config.max_batch_size > 0)?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]

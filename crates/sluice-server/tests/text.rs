@@ -1,0 +1,107 @@
+//! Text in, labels out, with the real spam classifier of ../shared/models: the server tokenizes
+//! BYTES emails (the model's own tokenizer.json) and answers what the model answers for them,
+//! and Triton's `classification` output names the label.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{json, Value};
+use sluice_server::{EngineOptions, ServerConfig};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
+}
+
+const CONFIG: &str = r#"
+name: "spam"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
+        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
+output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" },
+         { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } } ]
+dynamic_batching { max_queue_delay_microseconds: 1000 }
+parameters { key: "text_input" value: { string_value: "TEXT" } }
+parameters { key: "max_sequence_length" value: { string_value: "128" } }
+"#;
+
+fn repo() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = shared().join("spam-fast");
+    assert!(m.is_dir(), "../shared/models/spam-fast is needed by this test ({} missing)", m.display());
+    std::fs::create_dir_all(dir.path().join("spam/1")).unwrap();
+    std::os::unix::fs::symlink(m.join("model.onnx"), dir.path().join("spam/1/model.onnx")).unwrap();
+    std::fs::copy(m.join("tokenizer.json"), dir.path().join("spam/tokenizer.json")).unwrap();
+    std::fs::copy(m.join("labels.txt"), dir.path().join("spam/labels.txt")).unwrap();
+    std::fs::write(dir.path().join("spam/config.pbtxt"), CONFIG).unwrap();
+    dir
+}
+
+fn samples(n: usize) -> Vec<Value> {
+    let text = std::fs::read_to_string(shared().join("datasets/spamassassin/samples.jsonl")).unwrap();
+    text.lines().take(n).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_go_in_as_text_and_come_out_as_labels() {
+    let repo = repo();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}/v2/models/spam", s.http_addr);
+    let client = reqwest::Client::new();
+
+    let meta: Value = client.get(&base).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["inputs"], json!([{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}]), "{meta}");
+
+    // One email per request, several at once (so the batcher pads them together).
+    let emails = samples(12);
+    let mut handles = Vec::new();
+    for e in emails.clone() {
+        let (client, url) = (client.clone(), format!("{base}/infer"));
+        handles.push(tokio::spawn(async move {
+            let body = json!({
+                "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [e["text"]]}],
+                "outputs": [{"name": "probabilities"}, {"name": "label"}]
+            });
+            let r = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    for (e, h) in emails.iter().zip(handles) {
+        let out = h.await.unwrap();
+        let p_spam = out["outputs"][0]["data"][1].as_f64().unwrap();
+        let expected = e["fast_p_spam"].as_f64().unwrap();
+        // int8 dynamic quantization scales activations per batch: batch-mates move it a little.
+        assert!((p_spam - expected).abs() < 0.05, "email {}: p(spam) {p_spam}, expected {expected}", e["id"]);
+        let label = out["outputs"][1]["data"][0].as_i64().unwrap();
+        assert_eq!(label, i64::from(expected > 0.5), "email {}", e["id"]);
+    }
+
+    // Two emails in one request, and the label by name.
+    let e = samples(2);
+    let body = json!({
+        "inputs": [{"name": "TEXT", "shape": [2, 1], "datatype": "BYTES", "data": [e[0]["text"], e[1]["text"]]}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}]
+    });
+    let out: Value = client.post(format!("{base}/infer")).json(&body).send().await.unwrap().json().await.unwrap();
+    let t = &out["outputs"][0];
+    assert_eq!((t["datatype"].as_str(), t["shape"].clone()), (Some("BYTES"), json!([2, 1])), "{out}");
+    for (i, e) in e.iter().enumerate() {
+        let s = t["data"][i].as_str().unwrap();
+        let want = if e["fast_p_spam"].as_f64().unwrap() > 0.5 { ":1:spam" } else { ":0:ham" };
+        assert!(s.ends_with(want), "email {}: {s}, expected …{want}", e["id"]);
+    }
+
+    // Token ids are not what this model takes any more; text that is not a string is refused.
+    let bad =
+        json!({"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "data": [101, 7592, 102]}]});
+    let r = client.post(format!("{base}/infer")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("'TEXT'"));
+    let bad = json!({"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "INT64", "data": [1]}]});
+    let r = client.post(format!("{base}/infer")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    s.shutdown().await;
+}
