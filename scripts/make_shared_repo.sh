@@ -102,6 +102,16 @@ for m in spam-fast spam-accurate; do
     spam_config "$m" >"$dir/$m/config.pbtxt"
 done
 
+# spam-text: spam-fast taking text (the server tokenizes) and answering labels.
+link "$shared/spam-fast/model.onnx" "$dir/spam-text/1/model.onnx"
+link "$shared/spam-fast/tokenizer.json" "$dir/spam-text/tokenizer.json"
+link "$shared/spam-fast/labels.txt" "$dir/spam-text/labels.txt"
+spam_config spam-text >"$dir/spam-text/config.pbtxt"
+cat >>"$dir/spam-text/config.pbtxt" <<'EOF'
+parameters { key: "text_input" value: { string_value: "TEXT" } }
+parameters { key: "max_sequence_length" value: { string_value: "128" } }
+EOF
+
 m=efficientnet-lite0
 link "$shared/$m/model.onnx" "$dir/$m/1/model.onnx"
 link "$shared/$m/labels.txt" "$dir/$m/labels.txt"
@@ -139,7 +149,7 @@ instance_group [
 EOF
 
 echo "model repository ready in $dir (models linked from $shared):"
-for m in spam-fast spam-accurate efficientnet-lite0; do
+for m in spam-fast spam-accurate spam-text efficientnet-lite0; do
     echo "  $m -> $(readlink "$dir/$m/1/model.onnx")"
 done
 echo "serve it with: sluice serve --model-repository $dir"
