@@ -149,7 +149,8 @@ impl Engine {
 
     /// Names of the models that are ready now.
     pub fn ready_models(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.repo.index(true).into_iter().map(|e| e.name).collect();
+        // From the served table only: workers ask for every job they claim.
+        let mut names: Vec<String> = self.repo.all_ready().iter().map(|s| s.name.clone()).collect();
         names.dedup();
         names
     }

@@ -54,29 +54,37 @@ async fn emails_go_in_as_text_and_come_out_as_labels() {
     let meta: Value = client.get(&base).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["inputs"], json!([{"name": "TEXT", "datatype": "BYTES", "shape": [-1, 1]}]), "{meta}");
 
-    // One email per request, several at once (so the batcher pads them together).
     let emails = samples(12);
-    let mut handles = Vec::new();
-    for e in emails.clone() {
+    let ask = |text: Value| {
         let (client, url) = (client.clone(), format!("{base}/infer"));
-        handles.push(tokio::spawn(async move {
+        async move {
             let body = json!({
-                "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [e["text"]]}],
+                "inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES", "data": [text]}],
                 "outputs": [{"name": "probabilities"}, {"name": "label"}]
             });
             let r = client.post(url).json(&body).send().await.unwrap();
             assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
-        }));
-    }
-    for (e, h) in emails.iter().zip(handles) {
-        let out = h.await.unwrap();
-        let p_spam = out["outputs"][0]["data"][1].as_f64().unwrap();
+            let out = r.json::<Value>().await.unwrap();
+            (out["outputs"][0]["data"][1].as_f64().unwrap(), out["outputs"][1]["data"][0].as_i64().unwrap())
+        }
+    };
+    // One at a time (batch 1, as the expected values were computed): the same tokens, so the same
+    // probabilities as the reference run.
+    for e in &emails {
+        let (p_spam, label) = ask(e["text"].clone()).await;
         let expected = e["fast_p_spam"].as_f64().unwrap();
-        // int8 dynamic quantization scales activations per batch: batch-mates move it a little.
-        assert!((p_spam - expected).abs() < 0.05, "email {}: p(spam) {p_spam}, expected {expected}", e["id"]);
-        let label = out["outputs"][1]["data"][0].as_i64().unwrap();
+        assert!((p_spam - expected).abs() < 1e-3, "email {}: p(spam) {p_spam}, expected {expected}", e["id"]);
         assert_eq!(label, i64::from(expected > 0.5), "email {}", e["id"]);
+    }
+    // All at once, so the batcher pads them together. Int8 dynamic quantization scales
+    // activations per batch, so probabilities move a little with batch-mates: clear cases keep
+    // their label.
+    let answers = futures::future::join_all(emails.iter().map(|e| ask(e["text"].clone()))).await;
+    for (e, (_, label)) in emails.iter().zip(answers) {
+        let expected = e["fast_p_spam"].as_f64().unwrap();
+        if (expected - 0.5).abs() > 0.3 {
+            assert_eq!(label, i64::from(expected > 0.5), "email {} in a batch", e["id"]);
+        }
     }
 
     // Two emails in one request, and the label by name.
