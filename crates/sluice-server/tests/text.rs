@@ -113,3 +113,51 @@ async fn emails_go_in_as_text_and_come_out_as_labels() {
     assert_eq!(r.status(), 400);
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_classification_over_grpc() {
+    use sluice_server::grpc::pb;
+    use sluice_server::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+
+    let repo = repo();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
+    let e = &samples(1)[0];
+    let text = e["text"].as_str().unwrap().as_bytes();
+    // Raw BYTES: each element a 4-byte little-endian length, then the bytes.
+    let mut raw = (text.len() as u32).to_le_bytes().to_vec();
+    raw.extend_from_slice(text);
+    let k = pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(2)) };
+    let req = pb::ModelInferRequest {
+        model_name: "spam".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "TEXT".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1, 1],
+            ..Default::default()
+        }],
+        outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            parameters: [("classification".to_string(), k)].into_iter().collect(),
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    };
+    let resp = client.model_infer(req).await.unwrap().into_inner();
+    let out = &resp.outputs[0];
+    assert_eq!((out.datatype.as_str(), out.shape.clone()), ("BYTES", vec![1, 2]));
+    let raw = &resp.raw_output_contents[0];
+    let mut strings = Vec::new();
+    let mut rest = &raw[..];
+    while rest.len() >= 4 {
+        let n = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        strings.push(String::from_utf8(rest[4..4 + n].to_vec()).unwrap());
+        rest = &rest[4 + n..];
+    }
+    let p_spam = e["fast_p_spam"].as_f64().unwrap();
+    let (first, second) = if p_spam > 0.5 { (":1:spam", ":0:ham") } else { (":0:ham", ":1:spam") };
+    assert!(strings[0].ends_with(first) && strings[1].ends_with(second), "{strings:?}");
+    let top: f64 = strings[0].split(':').next().unwrap().parse().unwrap();
+    assert!((top - p_spam.max(1.0 - p_spam)).abs() < 1e-3, "{strings:?} vs p(spam) {p_spam}");
+    s.shutdown().await;
+}
