@@ -43,6 +43,8 @@ fn decode(b: &[u8]) -> Result<JobRecord, ServeError> {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// The state directory (also holds `webhook-secret`).
+    dir: std::path::PathBuf,
     /// One permit per submitted job: wakes a waiting worker.
     arrivals: Arc<Notify>,
     /// Queued jobs per model (rebuilt at open).
@@ -63,8 +65,13 @@ impl EmbeddedStore {
                 path.display()
             ))
         })?;
-        let store =
-            EmbeddedStore { db: Arc::new(db), arrivals: Arc::new(Notify::new()), depth: Arc::default(), max_queued };
+        let store = EmbeddedStore {
+            db: Arc::new(db),
+            dir: dir.to_path_buf(),
+            arrivals: Arc::new(Notify::new()),
+            depth: Arc::default(),
+            max_queued,
+        };
         store.recover()?;
         Ok(store)
     }
@@ -159,8 +166,32 @@ impl EmbeddedStore {
     }
 }
 
+/// Writes a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new();
+    f.write(true).create_new(true);
+    #[cfg(unix)]
+    f.mode(0o600);
+    f.open(path)?.write_all(text.as_bytes())
+}
+
 fn queue_key(priority: u32, seq: u64) -> u128 {
     ((priority as u128) << 64) | seq as u128
+}
+
+/// The next queue sequence number (persisted with the transaction).
+fn next_seq(meta: &mut redb::Table<&str, u64>) -> Result<u64, ServeError> {
+    let seq = meta.get("seq").map_err(db_err)?.map(|v| v.value()).unwrap_or(0) + 1;
+    meta.insert("seq", seq).map_err(db_err)?;
+    Ok(seq)
+}
+
+/// A job's record inside a write transaction; `None` when there is no such job.
+fn stored(jobs: &redb::Table<&str, &[u8]>, id: &str) -> Result<Option<JobRecord>, ServeError> {
+    jobs.get(id).map_err(db_err)?.map(|v| decode(v.value())).transpose()
 }
 
 fn durable(db: &Database) -> Result<redb::WriteTransaction, ServeError> {
@@ -218,9 +249,7 @@ impl JobStore for EmbeddedStore {
                             retry_after_ms: 5000,
                         });
                     }
-                    let mut meta = tx.open_table(META).map_err(db_err)?;
-                    let seq = meta.get("seq").map_err(db_err)?.map(|v| v.value()).unwrap_or(0) + 1;
-                    meta.insert("seq", seq).map_err(db_err)?;
+                    let seq = next_seq(&mut tx.open_table(META).map_err(db_err)?)?;
                     let mut queue = tx.open_table(QUEUE).map_err(db_err)?;
                     queue.insert(queue_key(job.priority, seq), job.job_id.as_str()).map_err(db_err)?;
                     jobs.insert(job.job_id.as_str(), encode(&job)?.as_slice()).map_err(db_err)?;
@@ -252,10 +281,7 @@ impl JobStore for EmbeddedStore {
                 let tx = durable(db)?;
                 let out = {
                     let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
-                    let mut r = match jobs.get(id.as_str()).map_err(db_err)? {
-                        Some(v) => decode(v.value())?,
-                        None => return Err(not_found(&id)),
-                    };
+                    let mut r = stored(&jobs, &id)?.ok_or_else(|| not_found(&id))?;
                     if r.status.is_final() {
                         return Err(conflict_final(&r));
                     }
@@ -286,10 +312,7 @@ impl JobStore for EmbeddedStore {
             for entry in jobs.iter().map_err(db_err)?.rev() {
                 let (_, v) = entry.map_err(db_err)?;
                 let r = decode(v.value())?;
-                if r.is_expired(now)
-                    || filter.model.as_ref().is_some_and(|m| *m != r.model)
-                    || filter.status.is_some_and(|s| s != r.status)
-                {
+                if !filter.matches(&r, now) {
                     continue;
                 }
                 out.push(r);
@@ -322,10 +345,7 @@ impl JobStore for EmbeddedStore {
             let tx = durable(db)?;
             let stored = {
                 let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
-                let current = match jobs.get(job.job_id.as_str()).map_err(db_err)? {
-                    Some(v) => decode(v.value())?,
-                    None => return Err(not_found(&job.job_id)),
-                };
+                let current = stored(&jobs, &job.job_id)?.ok_or_else(|| not_found(&job.job_id))?;
                 if current.status.is_final() {
                     current
                 } else {
@@ -346,17 +366,12 @@ impl JobStore for EmbeddedStore {
                 let tx = durable(db)?;
                 let model = {
                     let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
-                    let mut r = match jobs.get(id.as_str()).map_err(db_err)? {
-                        Some(v) => decode(v.value())?,
-                        None => return Err(not_found(&id)),
-                    };
+                    let mut r = stored(&jobs, &id)?.ok_or_else(|| not_found(&id))?;
                     if r.status != JobStatus::Processing {
                         return Ok(None);
                     }
                     r.status = JobStatus::Queued;
-                    let mut meta = tx.open_table(META).map_err(db_err)?;
-                    let seq = meta.get("seq").map_err(db_err)?.map(|v| v.value()).unwrap_or(0) + 1;
-                    meta.insert("seq", seq).map_err(db_err)?;
+                    let seq = next_seq(&mut tx.open_table(META).map_err(db_err)?)?;
                     tx.open_table(QUEUE)
                         .map_err(db_err)?
                         .insert(queue_key(r.priority, seq), id.as_str())
@@ -381,10 +396,7 @@ impl JobStore for EmbeddedStore {
             let tx = durable(db)?;
             {
                 let mut jobs = tx.open_table(JOBS).map_err(db_err)?;
-                let mut r = match jobs.get(id.as_str()).map_err(db_err)? {
-                    Some(v) => decode(v.value())?,
-                    None => return Ok(()),
-                };
+                let Some(mut r) = stored(&jobs, &id)? else { return Ok(()) };
                 r.deliveries = deliveries;
                 r.webhook_pending = pending;
                 jobs.insert(id.as_str(), encode(&r)?.as_slice()).map_err(db_err)?;
@@ -392,6 +404,16 @@ impl JobStore for EmbeddedStore {
             tx.commit().map_err(db_err)
         })
         .await
+    }
+
+    async fn webhook_secret(&self, candidate: String) -> Result<(String, bool), ServeError> {
+        let path = self.dir.join("webhook-secret");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            return Ok((s.trim().to_string(), false));
+        }
+        write_private(&path, &candidate)
+            .map_err(|e| ServeError::Internal(format!("cannot write {}: {e}", path.display())))?;
+        Ok((candidate, true))
     }
 
     async fn pending_webhooks(&self) -> Result<Vec<JobRecord>, ServeError> {

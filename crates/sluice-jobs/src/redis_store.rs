@@ -368,10 +368,7 @@ impl JobStore for RedisStore {
         let mut out = Vec::new();
         for id in ids {
             let Some(r) = self.load(&id).await? else { continue };
-            if r.is_expired(now)
-                || filter.model.as_ref().is_some_and(|m| *m != r.model)
-                || filter.status.is_some_and(|s| s != r.status)
-            {
+            if !filter.matches(&r, now) {
                 continue;
             }
             out.push(r);

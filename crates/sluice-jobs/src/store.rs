@@ -15,6 +15,15 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
+impl ListFilter {
+    /// Whether a listing at `now` (ms) shows the job: not expired, and of the model and status asked.
+    pub fn matches(&self, r: &JobRecord, now: u64) -> bool {
+        !r.is_expired(now)
+            && self.model.as_ref().is_none_or(|m| *m == r.model)
+            && self.status.is_none_or(|s| s == r.status)
+    }
+}
+
 /// Where jobs live. Every method is atomic: a job is never run twice at once, never lost, and
 /// a final status is never overwritten.
 #[async_trait]
@@ -49,11 +58,9 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The webhook secret shared by every process of this store: the stored one, or `candidate`
-    /// (stored now; the flag says so). The embedded store keeps its secret in a file instead.
-    async fn webhook_secret(&self, candidate: String) -> Result<(String, bool), ServeError> {
-        Ok((candidate, true))
-    }
+    /// The webhook secret every process of this store signs with: the stored one, or
+    /// `candidate`, stored now (the flag says so).
+    async fn webhook_secret(&self, candidate: String) -> Result<(String, bool), ServeError>;
 
     /// Records the webhook attempts so far, and whether delivery is still due.
     async fn record_deliveries(&self, id: &str, deliveries: Vec<Delivery>, pending: bool) -> Result<(), ServeError>;

@@ -71,44 +71,20 @@ impl JobsOptions {
     }
 }
 
-/// The webhook secret: the configured one, else the one kept in the state directory, else a
-/// new one (kept there, and shown once).
+/// The webhook secret: the configured one, else the one the job store keeps (the state
+/// directory's file, or Redis), else a new one that the store keeps from now on (shown once).
 async fn webhook_secret(o: &JobsOptions, store: &dyn sluice_jobs::JobStore) -> anyhow::Result<sluice_jobs::Signer> {
     let secret = match &o.webhook_secret {
         Some(s) => s.clone(),
-        None if o.queue.is_some() => {
+        None => {
             let (s, new) = store.webhook_secret(sluice_jobs::Signer::generate()).await?;
             if new {
                 tracing::warn!(secret = %s, "generated a webhook signing secret, kept in the job store; it is shown only this once");
             }
             s
         }
-        None => {
-            let path = o.state_dir.join("webhook-secret");
-            match std::fs::read_to_string(&path) {
-                Ok(s) => s.trim().to_string(),
-                Err(_) => {
-                    std::fs::create_dir_all(&o.state_dir)?;
-                    let s = sluice_jobs::Signer::generate();
-                    write_private(&path, &s).with_context(|| format!("cannot write {}", path.display()))?;
-                    tracing::warn!(secret = %s, file = %path.display(), "generated a webhook signing secret; it is shown only this once");
-                    s
-                }
-            }
-        }
     };
     sluice_jobs::Signer::from_secret(&secret).map_err(anyhow::Error::msg)
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new();
-    f.write(true).create_new(true);
-    #[cfg(unix)]
-    f.mode(0o600);
-    f.open(path)?.write_all(text.as_bytes())
 }
 
 async fn start_jobs(

@@ -237,7 +237,7 @@ pub fn classify(t: &Tensor, k: usize, labels: Option<&[String]>, batched: bool) 
 }
 
 fn as_f64(t: &Tensor) -> Result<Vec<f64>, ServeError> {
-    let TensorData::Fixed(b) = &t.data else {
+    let (TensorData::Fixed(b), false) = (&t.data, t.datatype == DataType::Bytes) else {
         return Err(ServeError::invalid(format!("output '{}': classification needs numbers, not BYTES", t.name)));
     };
     fn each<T: bytemuck::Pod>(b: &[u8], f: impl Fn(T) -> f64) -> Vec<f64> {
@@ -256,8 +256,7 @@ fn as_f64(t: &Tensor) -> Result<Vec<f64>, ServeError> {
         DataType::Uint16 => each(b, |x: u16| x as f64),
         DataType::Uint32 => each(b, |x: u32| x as f64),
         DataType::Uint64 => each(b, |x: u64| x as f64),
-        DataType::Bool => b.iter().map(|&x| x as f64).collect(),
-        DataType::Bytes => unreachable!("BYTES tensors hold TensorData::Bytes"),
+        DataType::Bool | DataType::Bytes => b.iter().map(|&x| x as f64).collect(),
     })
 }
 

@@ -1,26 +1,16 @@
 //! `sluice models ...`: the built binary against a server running in this test process.
 
+mod common;
+
 use std::path::Path;
 use std::process::Output;
 
+use common::*;
 use sluice_server::{EngineOptions, RunningServer, ServerConfig};
-
-const ADD_SUB_CONFIG: &str = r#"
-name: "add_sub"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-         { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sluice-backend/tests/data/add_sub.onnx");
-    std::fs::create_dir_all(dir.path().join("add_sub/1")).unwrap();
-    std::fs::copy(data, dir.path().join("add_sub/1/model.onnx")).unwrap();
-    std::fs::write(dir.path().join("add_sub/config.pbtxt"), ADD_SUB_CONFIG).unwrap();
+    add_sub(dir.path(), ADD_SUB_CONFIG);
     std::fs::create_dir_all(dir.path().join("broken/1")).unwrap();
     std::fs::write(dir.path().join("broken/1/model.onnx"), b"not a model").unwrap();
     dir

@@ -3,44 +3,19 @@
 //! - 1,000 jobs, two workers, one SIGKILLed mid-run: every job completes once, none is lost.
 //! - Redis itself restarts (AOF on) while jobs are queued: none is lost.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{json, Value};
-
-const ADD_SUB_CONFIG: &str = r#"
-name: "add_sub"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-dynamic_batching { }
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-         { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sluice-backend/tests/data/add_sub.onnx");
-    std::fs::create_dir_all(dir.path().join("add_sub/1")).unwrap();
-    std::fs::copy(data, dir.path().join("add_sub/1/model.onnx")).unwrap();
-    std::fs::write(dir.path().join("add_sub/config.pbtxt"), ADD_SUB_CONFIG).unwrap();
+    add_sub(dir.path(), &format!("{ADD_SUB_CONFIG}dynamic_batching {{ }}\n"));
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn redis(dir: &Path, port: u16) -> Proc {
@@ -58,17 +33,6 @@ fn redis(dir: &Path, port: u16) -> Proc {
         std::thread::sleep(Duration::from_millis(20));
     }
     Proc(child)
-}
-
-fn wait_http(url: &str) {
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        if reqwest::blocking::get(url).is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{url} never answered 200");
 }
 
 /// `sluice serve --workers 0`: accepts jobs, runs none. Returns it, its base URL and its

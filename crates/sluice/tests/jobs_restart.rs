@@ -1,51 +1,31 @@
 //! The embedded job store survives `kill -9`: `sluice serve` is killed with jobs queued and one
 //! running; started again on the same state directory, it runs every one of them.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::{json, Value};
-
-const ADD_SUB_CONFIG: &str = r#"
-name: "add_sub"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-        { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
-         { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 /// The slow model's cost: N^3 multiply-adds, about a second here.
 const SLOW_N: i64 = 6000;
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::create_dir_all(dir.path().join("add_sub/1")).unwrap();
-    std::fs::copy(root.join("sluice-backend/tests/data/add_sub.onnx"), dir.path().join("add_sub/1/model.onnx"))
-        .unwrap();
-    std::fs::write(dir.path().join("add_sub/config.pbtxt"), ADD_SUB_CONFIG).unwrap();
+    add_sub(dir.path(), ADD_SUB_CONFIG);
     std::fs::create_dir_all(dir.path().join("slow/1")).unwrap();
-    std::fs::copy(root.join("sluice-server/tests/data/slow.onnx"), dir.path().join("slow/1/model.onnx")).unwrap();
+    std::fs::copy(crates_dir().join("sluice-server/tests/data/slow.onnx"), dir.path().join("slow/1/model.onnx"))
+        .unwrap();
     dir
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// `sluice serve`, killed (SIGKILL) when dropped.
 struct Server {
-    child: Child,
+    _proc: Proc,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve(repo: &Path, state: &Path, workers: usize) -> Server {
@@ -61,15 +41,9 @@ fn serve(repo: &Path, state: &Path, workers: usize) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, base: format!("http://127.0.0.1:{http}") };
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        if reqwest::blocking::get(format!("{}/v2/health/ready", server.base)).is_ok_and(|r| r.status() == 200) {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("sluice serve did not become ready");
+    let server = Server { _proc: Proc(child), base: format!("http://127.0.0.1:{http}") };
+    wait_http(&format!("{}/v2/health/ready", server.base));
+    server
 }
 
 fn submit(s: &Server, model: &str, body: Value) -> String {
