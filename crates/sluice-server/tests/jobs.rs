@@ -170,6 +170,7 @@ async fn bad_job_requests_are_clear_400s() {
         ),
         ("add_sub", with(add_sub_body(0.0), "ttl_seconds", json!(0)), 400, "ttl_seconds"),
         ("add_sub", with(add_sub_body(0.0), "priority", json!(0)), 400, "priority"),
+        ("add_sub", with(add_sub_body(0.0), "priority", json!("high")), 400, "priority"),
         ("add_sub", with(add_sub_body(0.0), "callback_url", json!("http://127.0.0.1:9/hook")), 400, "--webhook-allow"),
         ("add_sub", with(add_sub_body(0.0), "callback_url", json!("not a url")), 400, "callback_url"),
     ];

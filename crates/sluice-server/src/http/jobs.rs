@@ -15,7 +15,7 @@ use sluice_types::ServeError;
 use super::{body_or_error, decode_request, header_len, AppState, HttpError, HttpResult};
 
 /// Job fields that ride along the V2 request body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct JobOptions {
     #[serde(default)]
     callback_url: Option<String>,
@@ -92,8 +92,11 @@ async fn submit_job(
         )));
     }
     let json_len = header_len.unwrap_or(body.len()).min(body.len());
-    let opts: JobOptions = serde_json::from_slice(&body[..json_len]).unwrap_or_default();
+    let header = body.slice(..json_len);
     let (request, _) = decode_request(model, version, body, header_len)?;
+    // The JSON is known to parse by now: what fails here is a job field of the wrong type.
+    let opts: JobOptions = serde_json::from_slice(&header)
+        .map_err(|e| ServeError::invalid(format!("job options (callback_url, priority, ttl_seconds): {e}")))?;
     s.engine.check_request(&request)?;
     let ttl_seconds = opts.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
