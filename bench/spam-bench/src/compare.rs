@@ -196,9 +196,9 @@ impl Cell {
 }
 
 /// A `sluice serve` child process on free ports; stopped (SIGTERM, then SIGKILL) on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    target: Target,
+    pub(crate) target: Target,
     log: PathBuf,
 }
 
@@ -207,7 +207,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    fn start(bin: &Path, repo: &Path, ort_lib: &Path, threads: usize, log: PathBuf) -> Result<Server> {
+    pub(crate) fn start(bin: &Path, repo: &Path, ort_lib: &Path, threads: usize, log: PathBuf) -> Result<Server> {
         let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
         let out = fs::File::create(&log)?;
         let child = Command::new(bin)
@@ -235,13 +235,13 @@ impl Server {
         })
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let s = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    async fn wait_live(&mut self) -> Result<()> {
+    pub(crate) async fn wait_live(&mut self) -> Result<()> {
         let end = Instant::now() + Duration::from_secs(60);
         while Instant::now() < end {
             if let Some(status) = self.child.try_wait()? {
@@ -256,7 +256,7 @@ impl Server {
     }
 
     /// Loads a model through the repository API; `Err` carries the server's reason.
-    async fn load_model(&self, model: &str) -> Result<(), String> {
+    pub(crate) async fn load_model(&self, model: &str) -> Result<(), String> {
         let path = format!("/v2/repository/models/{model}/load");
         match load::http_call(&self.target.http, "POST", &path, Some("{}".into())).await {
             Ok((200, _)) => Ok(()),
@@ -362,7 +362,7 @@ fn write_repository(dir: &Path, shared: &Path, args: &CompareArgs, threads: usiz
     Ok(())
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -523,7 +523,7 @@ async fn run_cell(
     }
 }
 
-fn f(x: f64, digits: usize) -> String {
+pub(crate) fn f(x: f64, digits: usize) -> String {
     if x.is_finite() {
         format!("{x:.digits$}")
     } else {
@@ -536,7 +536,7 @@ fn queue_us(x: f64) -> String {
     f(x, if x < 100.0 { 1 } else { 0 })
 }
 
-fn med_of(rs: &[LoadResult], g: impl Fn(&LoadResult) -> f64) -> f64 {
+pub(crate) fn med_of(rs: &[LoadResult], g: impl Fn(&LoadResult) -> f64) -> f64 {
     median(&rs.iter().map(g).collect::<Vec<_>>())
 }
 

@@ -65,15 +65,19 @@ pub fn shuffle<T>(items: &mut [T]) {
     }
 }
 
-/// Loads, tokenizes and shuffles the emails.
-pub fn emails(shared: &Path, model: &str, limit: Option<usize>) -> Result<Vec<Vec<i64>>> {
-    let texts = load_texts(shared)?;
-    let mut ids = tokenize(&shared.join(model).join("tokenizer.json"), &texts)?;
-    shuffle(&mut ids);
+/// The emails' texts in the benchmarks' fixed shuffled order, the first `limit` of them.
+pub fn texts(shared: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    let mut texts = load_texts(shared)?;
+    shuffle(&mut texts);
     if let Some(n) = limit {
-        ids.truncate(n.max(1));
+        texts.truncate(n.max(1));
     }
-    Ok(ids)
+    Ok(texts)
+}
+
+/// Loads, shuffles and tokenizes the emails: the token ids of [`texts`], in the same order.
+pub fn emails(shared: &Path, model: &str, limit: Option<usize>) -> Result<Vec<Vec<i64>>> {
+    tokenize(&shared.join(model).join("tokenizer.json"), &texts(shared, limit)?)
 }
 
 /// Token count summary: (mean, median, share at the 128 cap).

@@ -105,6 +105,38 @@ impl Workload {
         Workload::new(model, transport, reqs)
     }
 
+    /// One batch-1 request per email as text, for a model that tokenizes on the server
+    /// (`text_input` in its config): `input` BYTES `[1, 1]`, the email's UTF-8 text as is.
+    pub fn text(model: &str, transport: Transport, input: &'static str, texts: &[String]) -> Result<Workload> {
+        let reqs = texts
+            .iter()
+            .map(|t| {
+                let inputs = vec![RawInput {
+                    name: input,
+                    datatype: "BYTES",
+                    shape: vec![1, 1],
+                    data: bytes_elements(&[t.as_str()]),
+                }];
+                (inputs, vec!["probabilities", "label"])
+            })
+            .collect();
+        Workload::new(model, transport, reqs)
+    }
+
+    /// Mean size of a request as sent: the whole HTTP body (JSON header and binary tensors), or
+    /// the raw tensor contents of a gRPC request.
+    pub fn mean_request_bytes(&self) -> f64 {
+        let total: usize = self
+            .requests
+            .iter()
+            .map(|r| match r {
+                Prepared::Http { body, .. } => body.len(),
+                Prepared::Grpc(r) => r.raw_input_contents.iter().map(Bytes::len).sum(),
+            })
+            .sum();
+        total as f64 / self.requests.len().max(1) as f64
+    }
+
     /// add_sub batch-1 requests: `INPUT0`, `INPUT1` FP32 `[1, 16]`.
     pub fn add_sub(model: &str, transport: Transport) -> Result<Workload> {
         let reqs = (0..64)
@@ -124,6 +156,16 @@ impl Workload {
 
 fn le_i64(v: &[i64]) -> Bytes {
     v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()
+}
+
+/// A BYTES tensor's raw contents: per element, its length (4 bytes, little-endian), then its bytes.
+fn bytes_elements(elements: &[&str]) -> Bytes {
+    let mut out = Vec::with_capacity(elements.iter().map(|e| 4 + e.len()).sum());
+    for e in elements {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(e.as_bytes());
+    }
+    out.into()
 }
 
 fn le_f32(v: &[f32]) -> Bytes {

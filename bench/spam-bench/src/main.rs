@@ -4,7 +4,9 @@
 //! * `inprocess`: the physical limit, the ONNX Runtime session driven in-process through
 //!   Sluice's own backend at each batch size;
 //! * `serve-load`: N concurrent batch-1 clients against a running Sluice (HTTP binary or gRPC);
-//! * `compare`: starts Sluice itself and runs the whole table in interleaved rounds.
+//! * `compare`: starts Sluice itself and runs the whole table in interleaved rounds;
+//! * `text-vs-ids`: starts Sluice and compares raw text tokenized by the server (`spam-text`)
+//!   with token ids tokenized by the client (`spam-fast`), interleaved rounds.
 //!
 //! Build with `cargo build --release -p spam-bench -p sluice`; see docs/benchmarks.md.
 
@@ -13,6 +15,7 @@ mod data;
 mod inprocess;
 mod load;
 mod stats;
+mod text_ids;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +56,9 @@ enum Command {
     ServeLoad(ServeLoadArgs),
     /// Start Sluice and run the whole comparison (issue 3's table) in interleaved rounds.
     Compare(compare::CompareArgs),
+    /// Start Sluice and compare server-side tokenization (raw text to spam-text) with token ids
+    /// tokenized here (spam-fast), same emails, interleaved rounds.
+    TextVsIds(text_ids::TextVsIdsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,5 +213,8 @@ fn main() -> Result<()> {
             })
         }
         Command::Compare(a) => compare::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads),
+        Command::TextVsIds(a) => {
+            text_ids::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
+        }
     }
 }
