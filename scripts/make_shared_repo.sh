@@ -112,6 +112,11 @@ parameters { key: "text_input" value: { string_value: "TEXT" } }
 parameters { key: "max_sequence_length" value: { string_value: "128" } }
 EOF
 
+# smollm: a generative model (candle backend). No config: a directory holding
+# <version>/model.gguf and tokenizer.json is served as one.
+link "$shared/smollm2-135m-instruct/model.gguf" "$dir/smollm/1/model.gguf"
+link "$shared/smollm2-135m-instruct/tokenizer.json" "$dir/smollm/tokenizer.json"
+
 m=efficientnet-lite0
 link "$shared/$m/model.onnx" "$dir/$m/1/model.onnx"
 link "$shared/$m/labels.txt" "$dir/$m/labels.txt"

@@ -5,42 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use sluice_types::prom::Histogram;
+
 use parking_lot::Mutex;
 
 /// Upper bounds in seconds: jobs take from milliseconds to an hour.
-const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0];
+static BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0, 3600.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, secs: f64) {
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.counts[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add((secs * 1e6) as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut acc = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.counts) {
-            acc += c.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {acc}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
-#[derive(Default)]
 pub struct JobMetrics {
     wait: Histogram,
     run: Histogram,
@@ -51,6 +22,19 @@ pub struct JobMetrics {
     /// outcome → webhooks.
     webhooks: Mutex<BTreeMap<&'static str, u64>>,
     submitted: AtomicU64,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        JobMetrics {
+            wait: Histogram::new(&BUCKETS),
+            run: Histogram::new(&BUCKETS),
+            ended: Default::default(),
+            failed: Default::default(),
+            webhooks: Default::default(),
+            submitted: Default::default(),
+        }
+    }
 }
 
 impl JobMetrics {

@@ -49,6 +49,9 @@ pub struct ServedVersion {
     pub text: Option<Arc<sluice_text::TextInput>>,
     /// Class labels per output (`label_filename`, else the model directory's `labels.txt`).
     pub labels: std::collections::BTreeMap<String, Vec<String>>,
+    /// Generative models (`candle` backend): the engine that streams their tokens. Their
+    /// instances call it too, so that plain infer requests and jobs work unchanged.
+    pub generator: Option<Arc<sluice_llm::Generator>>,
 }
 
 impl ServedVersion {
@@ -639,7 +642,7 @@ async fn start_version(
     let cfg = config.clone();
     // Load the instances, then warm each of them (Triton's `model_warmup`) before the version
     // can take traffic; a failing warmup fails the load.
-    let (instances, warmup, text, labels) = tokio::task::spawn_blocking(move || {
+    let (instances, warmup, text, labels, generator) = tokio::task::spawn_blocking(move || {
         let text = sluice_text::TextInput::from_config(&cfg, &files.model_dir, &files.version_dir)?;
         let mut labels = std::collections::BTreeMap::new();
         for o in &cfg.output {
@@ -648,9 +651,18 @@ async fn start_version(
             }
         }
         let samples = crate::warmup::build_samples(&cfg, &files.model_dir)?;
-        let mut instances = (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()?;
+        // A generative model's instances share one engine (its weights, KV caches, and the
+        // continuous batcher), so it is loaded once per version, not per instance.
+        let generator = match backend.name() {
+            sluice_llm::backend::BACKEND => Some(sluice_llm::backend::start(&cfg, &files)?),
+            _ => None,
+        };
+        let mut instances = match &generator {
+            Some(g) => (0..n).map(|_| sluice_llm::backend::instance(g.clone())).collect(),
+            None => (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()?,
+        };
         let report = crate::warmup::run(&cfg, &samples, &mut instances)?;
-        Ok::<_, ServeError>((instances, report, text, labels))
+        Ok::<_, ServeError>((instances, report, text, labels, generator))
     })
     .await
     .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
@@ -679,6 +691,7 @@ async fn start_version(
         warmup,
         text: text.map(Arc::new),
         labels,
+        generator,
     }))
 }
 

@@ -21,6 +21,7 @@ pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "generate",
 ];
 
 pub struct Engine {
@@ -189,6 +190,9 @@ impl Engine {
         let config = &served.config;
         if let Some(text) = &served.text {
             text.apply(req, config.max_batch_size > 0)?;
+        }
+        if served.generator.is_some() {
+            sluice_llm::backend::fold_parameters(&mut req.inputs, &req.parameters)?;
         }
         let batch = validate_request(config, req)?;
         let mut inputs = std::mem::take(&mut req.inputs);

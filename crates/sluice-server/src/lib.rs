@@ -2,6 +2,7 @@
 //! gRPC edge (tonic), Prometheus metrics, and start-up and graceful shutdown.
 
 pub mod engine;
+pub mod generate;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

@@ -141,6 +141,11 @@ pub fn render(repo: &ModelRepository) -> String {
         let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{l}}} {total}");
     }
+    let generative: Vec<_> = versions
+        .iter()
+        .filter_map(|v| v.generator.as_ref().map(|g| (v.name.as_str(), v.version, g.metrics())))
+        .collect();
+    sluice_llm::metrics::render(&mut out, &generative);
     out
 }
 

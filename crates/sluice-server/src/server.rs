@@ -289,6 +289,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     tracing::info!(library = %lib.display(), "ONNX Runtime loaded");
     let mut backends = sluice_backend::BackendRegistry::new();
     backends.register(Arc::new(sluice_backend::onnx::OnnxBackend::new(opts.intra_op_threads)));
+    backends.register(Arc::new(sluice_llm::backend::CandleBackend));
     // Object-storage repositories are served from their local mirror, in the order given.
     let (mut roots, mut remotes) = (Vec::new(), Vec::new());
     for root in &opts.model_repositories {

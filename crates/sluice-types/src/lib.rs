@@ -7,6 +7,7 @@ pub mod config;
 mod datatype;
 mod error;
 pub mod json;
+pub mod prom;
 mod request;
 mod service;
 mod tensor;

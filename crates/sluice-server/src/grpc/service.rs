@@ -4,15 +4,18 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
+use sluice_llm::Event;
 use sluice_repository::LoadOverride;
-use sluice_types::ServeError;
+use sluice_types::{InferResponse, ServeError};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_repository_parameter::ParameterChoice;
 use super::{config, convert, pb, status_from};
 use crate::engine::Engine;
+use crate::generate::{GenStream, Prompt};
 
 /// Requests of one `ModelStreamInfer` call that may run at once; further requests wait in the
 /// stream (HTTP/2 flow control pushes back on the client).
@@ -54,6 +57,69 @@ async fn stream_answer(engine: Arc<Engine>, req: pb::ModelInferRequest) -> pb::M
         Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
         Err(e) => pb::ModelStreamInferResponse { error_message: e.to_string(), infer_response: Some(echo) },
     }
+}
+
+/// The answers of one streamed request: one, or for a generative model one per piece of text
+/// (decoupled, as Triton's vLLM backend). With `triton_enable_empty_final_response` (what
+/// tritonclient sends for `enable_empty_final_response=True`) every response carries
+/// `triton_final_response` and an empty last one marks the end.
+fn answers_of(engine: Arc<Engine>, req: pb::ModelInferRequest) -> BoxStream<'static, pb::ModelStreamInferResponse> {
+    let generative =
+        engine.repository().get(&req.model_name, opt(&req.model_version)).is_ok_and(|s| s.generator.is_some());
+    if !generative {
+        return futures::stream::once(stream_answer(engine, req)).boxed();
+    }
+    let echo = pb::ModelInferResponse {
+        model_name: req.model_name.clone(),
+        model_version: req.model_version.clone(),
+        id: req.id.clone(),
+        ..Default::default()
+    };
+    let failed = {
+        let echo = echo.clone();
+        move |e: String| pb::ModelStreamInferResponse { error_message: e, infer_response: Some(echo.clone()) }
+    };
+    let started = convert::infer_request(req).and_then(|r| {
+        let flag = r.parameters.get("triton_enable_empty_final_response").and_then(serde_json::Value::as_bool);
+        let (text, params) = sluice_llm::backend::request_prompt(&r.inputs, &r.parameters)?;
+        let stream = engine.generate(&r.model, r.version.as_deref(), Prompt::Text(text), params, true)?;
+        Ok((stream, flag.unwrap_or(false), r.id))
+    });
+    let (stream, flag, id) = match started {
+        Ok(s) => s,
+        Err(e) => return futures::stream::once(async move { failed(e.to_string()) }).boxed(),
+    };
+    let response = move |stream: &GenStream, text: Option<String>, last: bool| {
+        let mut parameters = sluice_types::Parameters::new();
+        if flag {
+            parameters.insert("triton_final_response".into(), last.into());
+        }
+        let resp = InferResponse {
+            model_name: stream.model().to_string(),
+            model_version: stream.version().to_string(),
+            id: id.clone(),
+            parameters,
+            outputs: text.map(sluice_llm::backend::text_output).into_iter().collect(),
+        };
+        pb::ModelStreamInferResponse {
+            error_message: String::new(),
+            infer_response: Some(convert::infer_response(resp)),
+        }
+    };
+    futures::stream::unfold(Some(stream), move |state| {
+        let (response, failed) = (response.clone(), failed.clone());
+        async move {
+            let mut stream = state?;
+            let out = match stream.next().await? {
+                Event::Text(t) => response(&stream, Some(t), false),
+                Event::Done(_) if flag => response(&stream, None, true),
+                Event::Done(_) => return None,
+                Event::Error(e) => failed(e),
+            };
+            Some((out, Some(stream)))
+        }
+    })
+    .boxed()
 }
 
 /// The `config` and `file:<version>/<name>` parameters of a load request.
@@ -145,20 +211,15 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let engine = self.engine.clone();
         // Answers go out as they complete. Everything in flight lives inside this stream, so a
-        // client that goes away drops (and so cancels) its queued requests.
+        // client that goes away drops (and so cancels) its queued requests and generations.
         let answers = request
             .into_inner()
-            .map(move |item| {
-                let engine = engine.clone();
-                async move {
-                    match item {
-                        Ok(req) => Ok(stream_answer(engine, req).await),
-                        // A broken inbound stream (bad frame, message too large) ends the call.
-                        Err(status) => Err(status),
-                    }
-                }
+            .map(move |item| match item {
+                Ok(req) => answers_of(engine.clone(), req).map(Ok).boxed(),
+                // A broken inbound stream (bad frame, message too large) ends the call.
+                Err(status) => futures::stream::once(async { Err(status) }).boxed(),
             })
-            .buffer_unordered(STREAM_CONCURRENCY);
+            .flatten_unordered(STREAM_CONCURRENCY);
         Ok(Response::new(Box::pin(answers)))
     }
 

@@ -1,7 +1,9 @@
 //! The HTTP edge (axum): the V2 REST endpoints and Triton's extensions over the [`Engine`].
 
 mod codec;
+mod generate;
 mod jobs;
+mod openai;
 
 use std::sync::Arc;
 
@@ -87,6 +89,13 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats_v))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{model}/generate", post(generate::generate))
+        .route("/v2/models/{model}/versions/{version}/generate", post(generate::generate_v))
+        .route("/v2/models/{model}/generate_stream", post(generate::generate_stream))
+        .route("/v2/models/{model}/versions/{version}/generate_stream", post(generate::generate_stream_v))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v2/models/{model}/jobs", post(jobs::submit))
         .route("/v2/models/{model}/versions/{version}/jobs", post(jobs::submit_v))
         .route("/v2/jobs", get(jobs::list_jobs))

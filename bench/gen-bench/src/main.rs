@@ -1,0 +1,271 @@
+//! `gen-bench`: LLM generation served by Sluice against the physical limit of this machine,
+//! candle's own quantized llama driven in-process with the same GGUF, prompt and settings
+//! (greedy, a fixed number of tokens), in interleaved rounds.
+//!
+//! * in-process: time to first token (the prompt's forward pass) and decode tokens/s of one
+//!   sequence, as `candle_transformers::models::quantized_llama` runs it;
+//! * served: N concurrent streams over `/v1/completions` with `stream: true` (N = 1, 4, 8):
+//!   time to first token as the client sees it, decode tokens/s per stream, aggregate
+//!   tokens/s over all streams.
+//!
+//! Build with `cargo build --release -p gen-bench -p sluice`; see docs/benchmarks.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use clap::Parser;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "gen-bench", about = "Sluice generation versus candle in-process")]
+struct Args {
+    /// The Sluice binary (default: <repo root>/target/release/sluice).
+    #[arg(long)]
+    sluice_bin: Option<PathBuf>,
+    /// The SmolLM2 model folder (default: <repo root>/../shared/models/smollm2-135m-instruct).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Tokens generated per stream (end of sequence ignored, so every run is this long).
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    #[arg(long, default_value = "Tell me a long story about a lighthouse keeper and a storm.")]
+    question: String,
+    /// Where to write the JSON results (default: <repo root>/bench/results/gen-bench.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// One stream's figures.
+#[derive(Clone, Copy, Debug)]
+struct Stream {
+    ttft: f64,
+    /// Decode tokens per second after the first token.
+    rate: f64,
+    tokens: usize,
+    /// Seconds from the round's start to this stream's last token.
+    end: f64,
+}
+
+fn inprocess(model: &mut ModelWeights, prompt: &[u32], tokens: usize) -> Result<Stream> {
+    let dev = Device::Cpu;
+    let t0 = Instant::now();
+    let x = Tensor::new(prompt, &dev)?.unsqueeze(0)?;
+    let logits = model.forward(&x, 0)?.squeeze(0)?;
+    let mut next = logits.argmax(0)?.to_scalar::<u32>()?;
+    let ttft = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for i in 1..tokens {
+        let x = Tensor::new(&[next], &dev)?.unsqueeze(0)?;
+        let logits = model.forward(&x, prompt.len() + i - 1)?.squeeze(0)?;
+        next = logits.argmax(0)?.to_scalar::<u32>()?;
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    Ok(Stream { ttft, rate: (tokens - 1) as f64 / decode, tokens, end: t0.elapsed().as_secs_f64() })
+}
+
+/// One streamed completion; times are measured from `start`.
+async fn served_stream(c: reqwest::Client, url: String, body: Value, start: Instant) -> Result<Stream> {
+    let sent = Instant::now();
+    let mut r = c.post(url).json(&body).send().await?;
+    if !r.status().is_success() {
+        bail!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    let mut buf = String::new();
+    let (mut first, mut last) = (None, None);
+    let mut tokens = 0;
+    while let Some(chunk) = r.chunk().await? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = buf.find("\n\n") {
+            let event: String = buf.drain(..i + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data)?;
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                tokens = n as usize;
+            }
+            if v["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+            }
+        }
+    }
+    let (Some(first), Some(last)) = (first, last) else { bail!("no text streamed") };
+    Ok(Stream {
+        ttft: (first - sent).as_secs_f64(),
+        rate: (tokens.saturating_sub(1)) as f64 / (last - first).as_secs_f64().max(1e-9),
+        tokens,
+        end: (last - start).as_secs_f64(),
+    })
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _repo: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_server(bin: &Path, model_dir: &Path) -> Result<Server> {
+    let repo = tempfile::tempdir()?;
+    std::fs::create_dir_all(repo.path().join("smollm/1"))?;
+    std::os::unix::fs::symlink(model_dir.join("model.gguf"), repo.path().join("smollm/1/model.gguf"))?;
+    std::os::unix::fs::symlink(model_dir.join("tokenizer.json"), repo.path().join("smollm/tokenizer.json"))?;
+    let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
+    let log = std::fs::File::create(repo.path().join("sluice.log"))?;
+    let child = Command::new(bin)
+        .args(["serve", "--model-repository"])
+        .arg(repo.path())
+        .args(["--http-port", &http.to_string(), "--grpc-port", &grpc.to_string()])
+        .args(["--metrics-port", &metrics.to_string(), "--state-dir"])
+        .arg(repo.path().join("state"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let server = Server { child, base: format!("http://127.0.0.1:{http}"), _repo: repo };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/v2/health/ready", server.base)).await {
+            if r.status().is_success() {
+                return Ok(server);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("sluice not ready after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = repo_root();
+    let model_dir = args.model_dir.clone().unwrap_or_else(|| root.join("../shared/models/smollm2-135m-instruct"));
+    let bin = args.sluice_bin.clone().unwrap_or_else(|| root.join("target/release/sluice"));
+    let prompt_text = format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", args.question);
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;
+    let prompt: Vec<u32> =
+        tokenizer.encode(prompt_text.as_str(), false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+
+    let path = model_dir.join("model.gguf");
+    let mut f = std::fs::File::open(&path)?;
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+    let mut model = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)?;
+    inprocess(&mut model, &prompt, 8)?; // warm
+
+    let server = start_server(&bin, &model_dir).await?;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/completions", server.base);
+    let body = json!({
+        "model": "smollm", "prompt": prompt_text, "max_tokens": args.tokens, "temperature": 0,
+        "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}
+    });
+    let mut warm = body.clone();
+    warm["max_tokens"] = json!(8);
+    served_stream(client.clone(), url.clone(), warm, Instant::now()).await?;
+
+    println!("prompt: {} tokens; {} tokens per stream; {} rounds", prompt.len(), args.tokens, args.rounds);
+    let mut ip: Vec<Stream> = Vec::new();
+    // concurrency → per round: (ttft median, per-stream rate median, aggregate tokens/s)
+    let mut sv: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); args.concurrency.len()];
+    for round in 0..args.rounds {
+        let s = inprocess(&mut model, &prompt, args.tokens)?;
+        println!("round {round}: in-process ttft {:.1} ms, {:.1} tokens/s", s.ttft * 1e3, s.rate);
+        ip.push(s);
+        for (i, &n) in args.concurrency.iter().enumerate() {
+            let start = Instant::now();
+            let tasks: Vec<_> =
+                (0..n).map(|_| tokio::spawn(served_stream(client.clone(), url.clone(), body.clone(), start))).collect();
+            let mut streams = Vec::new();
+            for t in tasks {
+                streams.push(t.await??);
+            }
+            let total: usize = streams.iter().map(|s| s.tokens).sum();
+            let wall = streams.iter().map(|s| s.end).fold(0.0, f64::max);
+            let cell = (
+                median(streams.iter().map(|s| s.ttft).collect()),
+                median(streams.iter().map(|s| s.rate).collect()),
+                total as f64 / wall,
+            );
+            println!(
+                "round {round}: served x{n}: ttft {:.1} ms, {:.1} tokens/s per stream, {:.1} tokens/s aggregate",
+                cell.0 * 1e3,
+                cell.1,
+                cell.2
+            );
+            sv[i].push(cell);
+        }
+    }
+    let ip_rate = median(ip.iter().map(|s| s.rate).collect());
+    let ip_ttft = median(ip.iter().map(|s| s.ttft).collect());
+    println!("\nmedians over {} rounds", args.rounds);
+    println!("| run | time to first token | tokens/s per stream | aggregate tokens/s | vs in-process |");
+    println!("|---|---|---|---|---|");
+    println!("| candle in-process, 1 sequence | {:.0} ms | {ip_rate:.1} | {ip_rate:.1} | 1.00 |", ip_ttft * 1e3);
+    let one = median(sv.first().map(|c| c.iter().map(|x| x.2).collect()).unwrap_or_default());
+    let mut rows = Vec::new();
+    for (i, &n) in args.concurrency.iter().enumerate() {
+        let ttft = median(sv[i].iter().map(|x| x.0).collect());
+        let rate = median(sv[i].iter().map(|x| x.1).collect());
+        let agg = median(sv[i].iter().map(|x| x.2).collect());
+        println!(
+            "| Sluice, {n} stream{} | {:.0} ms | {rate:.1} | {agg:.1} | {:.2} (x{:.2} of 1 stream) |",
+            if n == 1 { "" } else { "s" },
+            ttft * 1e3,
+            agg / ip_rate,
+            agg / one
+        );
+        rows.push(json!({"streams": n, "ttft_ms": ttft * 1e3, "per_stream_tps": rate, "aggregate_tps": agg}));
+    }
+    let out = args.json.clone().unwrap_or_else(|| root.join("bench/results/gen-bench.json"));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let result = json!({
+        "prompt_tokens": prompt.len(), "tokens": args.tokens, "rounds": args.rounds,
+        "inprocess": {"ttft_ms": ip_ttft * 1e3, "tps": ip_rate}, "served": rows,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
+    println!("\nJSON: {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Triton's generate extension: `POST /v2/models/{m}[/versions/{v}]/generate` answers the whole
+//! text, `.../generate_stream` answers Server-Sent Events, one per piece of text. The body's
+//! `text_input` is the prompt; sampling parameters come at the top level or in `parameters`
+//! (`max_tokens` default 16, as Triton's vLLM backend).
+
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use sluice_llm::{params_from_json, Event, SamplingParams};
+use sluice_types::ServeError;
+
+use super::{AppState, HttpResult};
+use crate::generate::{GenStream, Prompt};
+
+use sluice_llm::backend::TRITON_DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS;
+
+fn parse(body: &[u8]) -> Result<(String, SamplingParams), ServeError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ServeError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let Value::Object(mut obj) = v else {
+        return Err(ServeError::invalid("request body must be a JSON object with 'text_input'"));
+    };
+    let text = match obj.remove("text_input") {
+        Some(Value::String(s)) => s,
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
+        Some(other) => {
+            return Err(ServeError::invalid(format!("input 'text_input': expected a string, got {other}")));
+        }
+        None => return Err(ServeError::invalid("input 'text_input' is required")),
+    };
+    let nested = match obj.remove("parameters") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => return Err(ServeError::invalid(format!("'parameters' must be an object, got {other}"))),
+    };
+    let defaults = SamplingParams { max_tokens: DEFAULT_MAX_TOKENS, ..Default::default() };
+    let params = params_from_json(&obj, defaults)?;
+    Ok((text, params_from_json(&nested, params)?))
+}
+
+fn start(s: &AppState, model: &str, version: Option<&str>, body: &[u8]) -> Result<GenStream, ServeError> {
+    let (text, params) = parse(body)?;
+    s.engine.generate(model, version, Prompt::Text(text), params, true)
+}
+
+async fn whole(s: AppState, model: String, version: Option<String>, body: Bytes) -> HttpResult<Response> {
+    let stream = start(&s, &model, version.as_deref(), &body)?;
+    let (name, v) = (stream.model().to_string(), stream.version());
+    let (text, _) = stream.collect().await?;
+    Ok(Json(json!({ "model_name": name, "model_version": v.to_string(), "text_output": text })).into_response())
+}
+
+/// The events of a generation as SSE; an error after the stream started is an `error` event.
+pub(super) fn sse_events<F>(stream: GenStream, piece: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnMut(&GenStream, &Event) -> Vec<SseEvent> + Send + 'static,
+{
+    futures::stream::unfold((stream, piece), |(mut stream, mut piece)| async move {
+        let e = stream.next().await?;
+        let events = piece(&stream, &e);
+        Some((events, (stream, piece)))
+    })
+    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
+}
+
+async fn streamed(s: AppState, model: String, version: Option<String>, body: Bytes) -> HttpResult<Response> {
+    let stream = start(&s, &model, version.as_deref(), &body)?;
+    let name = stream.model().to_string();
+    let v = stream.version().to_string();
+    let events =
+        sse_events(stream, move |_, e| match e {
+            Event::Text(t) => vec![SseEvent::default()
+                .data(json!({ "model_name": name, "model_version": v, "text_output": t }).to_string())],
+            Event::Done(_) => vec![],
+            Event::Error(msg) => vec![SseEvent::default().event("error").data(json!({ "error": msg }).to_string())],
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+pub(super) async fn generate(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    whole(s, model, None, body).await
+}
+
+pub(super) async fn generate_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    whole(s, model, Some(version), body).await
+}
+
+pub(super) async fn generate_stream(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    streamed(s, model, None, body).await
+}
+
+pub(super) async fn generate_stream_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    body: Bytes,
+) -> HttpResult<Response> {
+    streamed(s, model, Some(version), body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_nested_win_over_top_level() {
+        let (t, p) =
+            parse(br#"{"text_input":"hi","max_tokens":5,"parameters":{"max_tokens":7,"temperature":0}}"#).unwrap();
+        assert_eq!((t.as_str(), p.max_tokens, p.temperature), ("hi", 7, 0.0));
+        let (_, p) = parse(br#"{"text_input":"hi"}"#).unwrap();
+        assert_eq!(p.max_tokens, DEFAULT_MAX_TOKENS);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        assert!(parse(b"{}").unwrap_err().to_string().contains("text_input"));
+        assert!(parse(br#"{"text_input":3}"#).unwrap_err().to_string().contains("text_input"));
+        let e = parse(br#"{"text_input":"x","parameters":{"temperature":"hot"}}"#).unwrap_err();
+        assert!(e.to_string().contains("temperature"), "{e}");
+    }
+}

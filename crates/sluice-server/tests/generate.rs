@@ -1,0 +1,206 @@
+//! Generation over HTTP with the real SmolLM2-135M-Instruct GGUF from ../shared/models, served
+//! from a model directory with no config: Triton's generate and generate_stream (raw SSE), the
+//! OpenAI endpoints, a plain V2 infer, cancellation mid-stream, metrics, clear errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use sluice_server::{EngineOptions, ServerConfig};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/smollm2-135m-instruct")
+}
+
+/// `smollm/1/model.gguf` and `smollm/tokenizer.json`, nothing else; and add_sub beside it.
+fn repo() -> tempfile::TempDir {
+    let dir = standard_repo();
+    let m = shared();
+    assert!(m.is_dir(), "../shared/models/smollm2-135m-instruct is needed by this test");
+    std::fs::create_dir_all(dir.path().join("smollm/1")).unwrap();
+    std::os::unix::fs::symlink(m.join("model.gguf"), dir.path().join("smollm/1/model.gguf")).unwrap();
+    std::os::unix::fs::symlink(m.join("tokenizer.json"), dir.path().join("smollm/tokenizer.json")).unwrap();
+    dir
+}
+
+const FRANCE: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+const ANSWER: &str = "The capital of France is Paris.";
+
+/// The `data:` payloads of an SSE body, with the event name when there is one.
+fn sse(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .filter_map(|e| {
+            let mut event = None;
+            let mut data = None;
+            for line in e.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(v.trim_start().to_string());
+                }
+            }
+            data.map(|d| (event, d))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_stream_openai_and_infer() {
+    let repo = repo();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+
+    // Served without a config: the candle backend, Triton vLLM-style inputs and outputs.
+    let cfg: Value = c.get(format!("{base}/v2/models/smollm/config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cfg["backend"], "candle", "{cfg}");
+    assert_eq!(cfg["input"][0]["name"], "text_input");
+    assert_eq!(cfg["output"][0]["name"], "text_output");
+
+    // generate: the whole answer.
+    let body = json!({"text_input": FRANCE, "parameters": {"max_tokens": 30, "temperature": 0}});
+    let r = c.post(format!("{base}/v2/models/smollm/generate")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["text_output"], ANSWER, "{v}");
+    assert_eq!(v["model_name"], "smollm");
+
+    // generate_stream: several events whose pieces make the same answer.
+    let r = c.post(format!("{base}/v2/models/smollm/generate_stream")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse(&r.text().await.unwrap());
+    assert!(events.len() >= 5, "one event per piece: {events:?}");
+    let text: String = events
+        .iter()
+        .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["text_output"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, ANSWER);
+
+    // Plain V2 infer, sampling from the request's parameters.
+    let body = json!({
+        "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": [FRANCE]}],
+        "parameters": {"max_tokens": 30, "temperature": 0}
+    });
+    let r = c.post(format!("{base}/v2/models/smollm/infer")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["outputs"][0]["name"], "text_output");
+    assert_eq!(v["outputs"][0]["data"][0], ANSWER, "{v}");
+
+    // OpenAI: models, chat completion whole and streamed, completion.
+    let v: Value = c.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["smollm"], "only generative models: {v}");
+    let chat = json!({
+        "model": "smollm",
+        "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
+        "temperature": 0, "max_tokens": 30
+    });
+    let v: Value =
+        c.post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    // The model's own chat template (with SmolLM's system prompt) is used.
+    assert_eq!(v["choices"][0]["message"]["content"], "The capital of Germany is Berlin.", "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let u = &v["usage"];
+    assert!(u["prompt_tokens"].as_u64().unwrap() > 10 && u["completion_tokens"].as_u64().unwrap() > 3, "{v}");
+
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let r = c.post(format!("{base}/v1/chat/completions")).json(&streamed).send().await.unwrap();
+    let events = sse(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    assert_eq!(content, v["choices"][0]["message"]["content"].as_str().unwrap());
+    let finish: Vec<&Value> = chunks.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(chunks.last().unwrap()["usage"], *u, "the usage chunk comes last");
+
+    let comp = json!({"model": "smollm", "prompt": FRANCE, "max_tokens": 4, "temperature": 0});
+    let v: Value = c.post(format!("{base}/v1/completions")).json(&comp).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "The capital of France");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 4);
+
+    // Metrics per model.
+    let m = c.get(format!("http://{}/metrics", s.metrics_addr)).send().await.unwrap().text().await.unwrap();
+    for family in [
+        "sluice_llm_time_to_first_token_seconds_count{model=\"smollm\",version=\"1\"}",
+        "sluice_llm_inter_token_latency_seconds_bucket{model=\"smollm\",version=\"1\",le=",
+        "sluice_llm_generated_tokens_total{model=\"smollm\",version=\"1\"}",
+        "sluice_llm_running_sequences{model=\"smollm\",version=\"1\"} 0",
+    ] {
+        assert!(m.contains(family), "metrics lack {family}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_streams_free_their_slot_and_errors_are_clear() {
+    let repo = repo();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+    let running = || {
+        let g = s.engine.generator("smollm", None).unwrap().1;
+        g.metrics().running.load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // A long stream, read a little, then dropped: its sequence goes at the next step.
+    let body = json!({"text_input": "Count to a thousand:", "parameters": {"max_tokens": 2000, "ignore_eos": true}});
+    let mut r = c.post(format!("{base}/v2/models/smollm/generate_stream")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("text_output"));
+    assert_eq!(running(), 1);
+    drop(r);
+    let t0 = Instant::now();
+    while running() != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the dropped stream kept its slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Errors: the OpenAI shape with the right status, and Triton's `{"error"}`.
+    let r = c
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"), "{v}");
+    let r = c
+        .post(format!("{base}/v1/completions"))
+        .json(&json!({"model": "smollm", "prompt": "x", "temperature": "hot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("temperature"), "{v}");
+    let r =
+        c.post(format!("{base}/v2/models/add_sub/generate")).json(&json!({"text_input": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("not a generative model"), "{v}");
+    let r = c
+        .post(format!("{base}/v2/models/smollm/generate_stream"))
+        .json(&json!({"text_input": "x", "max_tokens": 100000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "refused before the stream starts");
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("context"), "{v}");
+}
