@@ -11,7 +11,7 @@
 //! Build with `cargo build --release -p gen-bench -p sluice`; see docs/benchmarks.md.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -132,32 +132,35 @@ fn free_port() -> Result<u16> {
 }
 
 async fn start_server(bin: &Path, model_dir: &Path) -> Result<Server> {
-    let repo = tempfile::tempdir()?;
-    std::fs::create_dir_all(repo.path().join("smollm/1"))?;
-    std::os::unix::fs::symlink(model_dir.join("model.gguf"), repo.path().join("smollm/1/model.gguf"))?;
-    std::os::unix::fs::symlink(model_dir.join("tokenizer.json"), repo.path().join("smollm/tokenizer.json"))?;
+    // The state dir and the log sit beside the repository: every directory in it is a model.
+    let tmp = tempfile::tempdir()?;
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(models.join("smollm/1"))?;
+    std::os::unix::fs::symlink(model_dir.join("model.gguf"), models.join("smollm/1/model.gguf"))?;
+    std::os::unix::fs::symlink(model_dir.join("tokenizer.json"), models.join("smollm/tokenizer.json"))?;
     let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
-    let log = std::fs::File::create(repo.path().join("sluice.log"))?;
+    let log = std::fs::File::create(tmp.path().join("sluice.log"))?;
     let child = Command::new(bin)
         .args(["serve", "--model-repository"])
-        .arg(repo.path())
+        .arg(&models)
         .args(["--http-port", &http.to_string(), "--grpc-port", &grpc.to_string()])
         .args(["--metrics-port", &metrics.to_string(), "--state-dir"])
-        .arg(repo.path().join("state"))
-        .stdout(Stdio::null())
+        .arg(tmp.path().join("state"))
+        .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
-    let server = Server { child, base: format!("http://127.0.0.1:{http}"), _repo: repo };
+    let server = Server { child, base: format!("http://127.0.0.1:{http}"), _repo: tmp };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(r) = reqwest::get(format!("{}/v2/health/ready", server.base)).await {
-            if r.status().is_success() {
-                return Ok(server);
-            }
-        }
+        let last = match reqwest::get(format!("{}/v2/health/ready", server.base)).await {
+            Ok(r) if r.status().is_success() => return Ok(server),
+            Ok(r) => format!("HTTP {} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
         if Instant::now() > deadline {
-            bail!("sluice not ready after 60 s");
+            let log = std::fs::read_to_string(server._repo.path().join("sluice.log")).unwrap_or_default();
+            bail!("sluice not ready after 60 s (last: {last}); its log:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

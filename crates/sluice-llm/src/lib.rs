@@ -3,7 +3,8 @@
 //! continuous-batching engine on a dedicated thread; requests come in as prompts or chat
 //! messages with sampling parameters and go out as a stream of text pieces.
 //!
-//! - [`model`]: the llama-architecture network with per-sequence KV caches;
+//! - [`model`]: the llama-architecture network with per-sequence KV caches, on
+//!   [`qlinear`]'s batched Q4_1 kernel;
 //! - [`plan`]: which requests join and what each sequence feeds, per step (pure);
 //! - [`engine`]: the decoding loop;
 //! - [`sample`], [`detok`], [`chat`]: sampling, UTF-8 safe detokenization with stop
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod plan;
+pub mod qlinear;
 pub mod sample;
 
 use std::path::{Path, PathBuf};

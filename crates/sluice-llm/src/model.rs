@@ -15,6 +15,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use rayon::prelude::*;
 
+use crate::qlinear::QLinear;
+
 pub type Result<T> = candle_core::Result<T>;
 
 /// A GGUF file's metadata (chat template, special token ids, ...).
@@ -47,13 +49,13 @@ impl LlamaShape {
 }
 
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    gate: QMatMul,
-    down: QMatMul,
-    up: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
+    gate: QLinear,
+    down: QLinear,
+    up: QLinear,
     attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
 }
@@ -143,8 +145,8 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let mut q = |name: &str| -> Result<QMatMul> {
-                QMatMul::from_qtensor(tensor(reader, &format!("blk.{i}.{name}.weight"))?)
+            let mut q = |name: &str| -> Result<QLinear> {
+                QLinear::from_qtensor(tensor(reader, &format!("blk.{i}.{name}.weight"))?)
             };
             let wq = q("attn_q")?;
             let wk = q("attn_k")?;
