@@ -72,6 +72,17 @@ impl GenStream {
     }
 }
 
+impl Drop for GenStream {
+    /// A stream dropped before its end was cancelled by its client (counted as Triton counts a
+    /// cancelled request: a failure with reason CANCELED).
+    fn drop(&mut self) {
+        if !self.ended {
+            let ns = self.start.elapsed().as_nanos() as u64;
+            self.served.stats().record_failure(ns, &ServeError::Cancelled("client went away".into()));
+        }
+    }
+}
+
 impl Engine {
     /// A ready generative model, or a clear error for a model that is not one.
     pub fn generator(

@@ -170,6 +170,13 @@ async fn cancelled_streams_free_their_slot_and_errors_are_clear() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let m = c.get(format!("http://{}/metrics", s.metrics_addr)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains("nv_inference_request_failure{model=\"smollm\",version=\"1\",reason=\"CANCELED\"} 1"),
+        "the dropped stream counts as cancelled"
+    );
+    assert!(m.contains("sluice_llm_requests_total{model=\"smollm\",version=\"1\",reason=\"cancelled\"} 1"));
+
     // Errors: the OpenAI shape with the right status, and Triton's `{"error"}`.
     let r = c
         .post(format!("{base}/v1/chat/completions"))
