@@ -391,6 +391,15 @@ impl Results {
     }
 }
 
+/// The Sluice binary to start: `--sluice-bin`, else the release build of this checkout.
+pub fn sluice_bin(given: Option<&Path>) -> Result<PathBuf> {
+    let bin = given.map(Path::to_path_buf).unwrap_or_else(|| repo_root().join("target/release/sluice"));
+    if !bin.is_file() {
+        bail!("{} not found: cargo build --release -p sluice (or --sluice-bin)", bin.display());
+    }
+    Ok(bin)
+}
+
 pub fn run(
     args: CompareArgs,
     shared: &Path,
@@ -399,10 +408,7 @@ pub fn run(
     client_threads: usize,
 ) -> Result<()> {
     let threads = args.threads.unwrap_or_else(cpus);
-    let bin = args.sluice_bin.clone().unwrap_or_else(|| repo_root().join("target/release/sluice"));
-    if !bin.is_file() {
-        bail!("{} not found: cargo build --release -p sluice (or --sluice-bin)", bin.display());
-    }
+    let bin = sluice_bin(args.sluice_bin.as_deref())?;
     let started = Instant::now();
     eprintln!("tokenizing the emails...");
     let emails = data::emails(shared, "spam-accurate", limit)?;

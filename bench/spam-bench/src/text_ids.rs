@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use sluice_backend::onnx::find_library;
 
-use crate::compare::{f, machine, med_of, Server};
+use crate::compare::{f, machine, med_of, sluice_bin, Server};
 use crate::load::{self, LoadResult, Phase, Target, Transport, Workload};
 use crate::stats::{median, num};
 use crate::{cpus, data, repo_root, runtime};
@@ -187,10 +187,7 @@ pub fn run(
     client_threads: usize,
 ) -> Result<()> {
     let threads = args.threads.unwrap_or_else(cpus);
-    let bin = args.sluice_bin.clone().unwrap_or_else(|| repo_root().join("target/release/sluice"));
-    if !bin.is_file() {
-        bail!("{} not found: cargo build --release -p sluice (or --sluice-bin)", bin.display());
-    }
+    let bin = sluice_bin(args.sluice_bin.as_deref())?;
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         bail!("--concurrency must list client counts of at least 1");
     }

@@ -64,6 +64,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<Box<dyn ModelInstance>, ServeError>;
 }
 
+/// For [`Backend::accepts`]: a config that names no platform or backend is served by the
+/// backend whose model file (`default_model_filename`, else `default`) the version directory
+/// holds, recognised by its `extension` (another backend's file name is not ours).
+pub fn holds_model_file(config: &ModelConfig, version_dir: &Path, default: &str, extension: &str) -> bool {
+    if !config.platform.is_empty() || !config.backend.is_empty() {
+        return false;
+    }
+    let file = if config.default_model_filename.is_empty() { default } else { config.default_model_filename.as_str() };
+    file.ends_with(extension) && version_dir.join(file).exists()
+}
+
 /// The backends compiled into this binary.
 #[derive(Clone, Default)]
 pub struct BackendRegistry {

@@ -30,18 +30,7 @@ impl Backend for CandleBackend {
     }
 
     fn accepts(&self, config: &ModelConfig, version_dir: &Path) -> bool {
-        if config.backend == BACKEND {
-            return true;
-        }
-        if !config.platform.is_empty() || !config.backend.is_empty() {
-            return false;
-        }
-        let file = if config.default_model_filename.is_empty() {
-            DEFAULT_FILENAME
-        } else {
-            config.default_model_filename.as_str()
-        };
-        file.ends_with(".gguf") && version_dir.join(file).is_file()
+        config.backend == BACKEND || sluice_backend::holds_model_file(config, version_dir, DEFAULT_FILENAME, ".gguf")
     }
 
     fn default_filename(&self) -> &'static str {

@@ -95,10 +95,6 @@ pub fn tokenizer_path(model_dir: &Path, version_dir: &Path) -> Option<PathBuf> {
     [version_dir.join("tokenizer.json"), model_dir.join("tokenizer.json")].into_iter().find(|p| p.is_file())
 }
 
-fn token_id(tok: &tokenizers::Tokenizer, s: &str) -> Option<u32> {
-    tok.token_to_id(s)
-}
-
 impl Generator {
     /// Loads the weights and the tokenizer and starts the engine thread.
     pub fn load(
@@ -115,7 +111,7 @@ impl Generator {
         let mut eos: Vec<u32> = get_u32("tokenizer.ggml.eos_token_id").into_iter().collect();
         // Chat models end a turn with their own marker; any of the usual ones ends generation.
         for marker in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<|end|>"] {
-            if let Some(id) = token_id(&tokenizer, marker) {
+            if let Some(id) = tokenizer.token_to_id(marker) {
                 if !eos.contains(&id) {
                     eos.push(id);
                 }

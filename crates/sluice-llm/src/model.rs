@@ -19,7 +19,7 @@ use crate::qlinear::QLinear;
 
 pub type Result<T> = candle_core::Result<T>;
 
-/// A GGUF file's metadata (chat template, special token ids, ...).
+/// A GGUF file's scalar metadata (chat template, special token ids, ...).
 pub type Metadata = std::collections::HashMap<String, gguf_file::Value>;
 
 /// The shape of the network, from the GGUF metadata.
@@ -187,7 +187,14 @@ impl Llama {
         let mut f = std::fs::File::open(path)
             .map_err(|e| candle_core::Error::Msg(format!("cannot open {}: {e}", path.display())))?;
         let ct = gguf_file::Content::read(&mut f).map_err(|e| e.with_path(path))?;
-        let meta = ct.metadata.clone();
+        // The scalars only: the vocabulary and merge arrays are large, and the tokenizer.json
+        // has them.
+        let meta = ct
+            .metadata
+            .iter()
+            .filter(|(_, v)| !matches!(v, gguf_file::Value::Array(_)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let model = Llama::from_gguf(ct, &mut f, &Device::Cpu)?;
         Ok((model, meta))
     }

@@ -101,19 +101,9 @@ impl Backend for OnnxBackend {
     }
 
     fn accepts(&self, config: &ModelConfig, version_dir: &Path) -> bool {
-        if config.platform == PLATFORM || config.backend == BACKEND {
-            return true;
-        }
-        if !config.platform.is_empty() || !config.backend.is_empty() {
-            return false;
-        }
-        let file = if config.default_model_filename.is_empty() {
-            DEFAULT_FILENAME
-        } else {
-            config.default_model_filename.as_str()
-        };
-        // Only ONNX files: another backend's `default_model_filename` is not ours.
-        file.ends_with(".onnx") && version_dir.join(file).exists()
+        config.platform == PLATFORM
+            || config.backend == BACKEND
+            || crate::holds_model_file(config, version_dir, DEFAULT_FILENAME, ".onnx")
     }
 
     fn default_filename(&self) -> &'static str {

@@ -27,11 +27,8 @@ fn parse(body: &[u8]) -> Result<(String, SamplingParams), ServeError> {
         return Err(ServeError::invalid("request body must be a JSON object with 'text_input'"));
     };
     let text = match obj.remove("text_input") {
-        Some(Value::String(s)) => s,
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-        Some(other) => {
-            return Err(ServeError::invalid(format!("input 'text_input': expected a string, got {other}")));
-        }
+        Some(v) => one_string(&v)
+            .ok_or_else(|| ServeError::invalid(format!("input 'text_input': expected a string, got {v}")))?,
         None => return Err(ServeError::invalid("input 'text_input' is required")),
     };
     let nested = match obj.remove("parameters") {
@@ -42,6 +39,15 @@ fn parse(body: &[u8]) -> Result<(String, SamplingParams), ServeError> {
     let defaults = SamplingParams { max_tokens: DEFAULT_MAX_TOKENS, ..Default::default() };
     let params = params_from_json(&obj, defaults)?;
     Ok((text, params_from_json(&nested, params)?))
+}
+
+/// A prompt: a string, or a list holding one string (as some clients send a single prompt).
+pub(super) fn one_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) if a.len() == 1 => a[0].as_str().map(str::to_string),
+        _ => None,
+    }
 }
 
 fn start(s: &AppState, model: &str, version: Option<&str>, body: &[u8]) -> Result<GenStream, ServeError> {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sluice_llm::{params_from_json, Event, Finish, Message, SamplingParams};
 use sluice_types::ServeError;
 
-use super::generate::sse_events;
+use super::generate::{one_string, sse_events};
 use super::{status_of, AppState};
 use crate::generate::Prompt;
 
@@ -222,13 +222,13 @@ pub(super) async fn completions(State(s): State<AppState>, body: Bytes) -> OpenA
     let c = common(&body, COMPLETIONS_DEFAULT_MAX)?;
     let c = Common { explicit_max: true, ..c };
     let prompt = match body.get("prompt") {
-        Some(Value::String(p)) => p.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-        Some(Value::Array(_)) => {
+        Some(Value::Array(a)) if a.len() != 1 => {
             return Err(ServeError::invalid("'prompt' must be one string (batches of prompts are not supported)").into())
         }
-        _ => return Err(ServeError::invalid("'prompt' is required and must be a string").into()),
-    };
+        Some(v) => one_string(v),
+        None => None,
+    }
+    .ok_or_else(|| ServeError::invalid("'prompt' is required and must be a string"))?;
     answer(s, Kind::Completion, c, Prompt::Text(prompt)).await
 }
 
