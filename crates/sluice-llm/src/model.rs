@@ -19,6 +19,10 @@ use crate::qlinear::QLinear;
 
 pub type Result<T> = candle_core::Result<T>;
 
+/// Longest context a GGUF may declare: the rotary tables are sized by it (at 128 dims per head,
+/// 128 Ki positions take 64 MiB).
+const MAX_CONTEXT: usize = 1 << 17;
+
 /// A GGUF file's scalar metadata (chat template, special token ids, ...).
 pub type Metadata = std::collections::HashMap<String, gguf_file::Value>;
 
@@ -126,6 +130,22 @@ impl Llama {
         let eps = get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
         let base = get("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
         let context = get("context_length").and_then(|v| v.to_u32()).unwrap_or(4096) as usize;
+        // A file's numbers are checked before anything divides by them or sizes a table.
+        if n_head == 0
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+            || !dim.is_multiple_of(n_head)
+            || !(dim / n_head).is_multiple_of(2)
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "GGUF shape not supported: {n_head} heads, {n_kv_head} KV heads, width {dim} (heads must divide the width into an even head size, KV heads the heads)"
+            )));
+        }
+        if context == 0 || context > MAX_CONTEXT {
+            return Err(candle_core::Error::Msg(format!(
+                "GGUF context length {context} is not supported (1 to {MAX_CONTEXT})"
+            )));
+        }
         let head_dim = dim / n_head;
         let rope_dim = get("rope.dimension_count").and_then(|v| v.to_u32()).map(|d| d as usize).unwrap_or(head_dim);
         if rope_dim != head_dim {
@@ -136,7 +156,10 @@ impl Llama {
         let tensor = |r: &mut R, name: &str| ct.tensor(r, name, device);
         let embed_q = tensor(reader, "token_embd.weight")?;
         let embed = embed_q.dequantize(device)?;
-        let vocab = embed.dim(0)?;
+        let (vocab, width) = embed.dims2()?;
+        if width != dim {
+            candle_core::bail!("GGUF token embeddings are {width} wide, the metadata says {dim}");
+        }
         let norm = RmsNorm::from_qtensor(tensor(reader, "output_norm.weight")?, eps)?;
         // Tied embeddings: the output head reuses the token embedding.
         let output: QTensor = match tensor(reader, "output.weight") {
@@ -145,16 +168,24 @@ impl Llama {
         };
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let mut q = |name: &str| -> Result<QLinear> {
-                QLinear::from_qtensor(tensor(reader, &format!("blk.{i}.{name}.weight"))?)
+            // Shapes are checked here: the attention slices rows by them.
+            let mut q = |name: &str, rows: Option<usize>, cols: usize| -> Result<(QLinear, usize)> {
+                let name = format!("blk.{i}.{name}.weight");
+                let t = tensor(reader, &name)?;
+                let (r, c) = t.shape().dims2()?;
+                if rows.is_some_and(|want| want != r) || c != cols {
+                    candle_core::bail!("GGUF tensor {name} has shape ({r}, {c}), expected ({rows:?}, {cols})");
+                }
+                Ok((QLinear::from_qtensor(t)?, r))
             };
-            let wq = q("attn_q")?;
-            let wk = q("attn_k")?;
-            let wv = q("attn_v")?;
-            let wo = q("attn_output")?;
-            let gate = q("ffn_gate")?;
-            let down = q("ffn_down")?;
-            let up = q("ffn_up")?;
+            let kv_dim = n_kv_head * head_dim;
+            let (wq, _) = q("attn_q", Some(dim), dim)?;
+            let (wk, _) = q("attn_k", Some(kv_dim), dim)?;
+            let (wv, _) = q("attn_v", Some(kv_dim), dim)?;
+            let (wo, _) = q("attn_output", Some(dim), dim)?;
+            let (gate, ff) = q("ffn_gate", None, dim)?;
+            let (up, _) = q("ffn_up", Some(ff), dim)?;
+            let (down, _) = q("ffn_down", Some(dim), ff)?;
             let attn_norm = RmsNorm::from_qtensor(tensor(reader, &format!("blk.{i}.attn_norm.weight"))?, eps)?;
             let ffn_norm = RmsNorm::from_qtensor(tensor(reader, &format!("blk.{i}.ffn_norm.weight"))?, eps)?;
             layers.push(Layer { wq, wk, wv, wo, gate, down, up, attn_norm, ffn_norm });
