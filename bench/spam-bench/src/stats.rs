@@ -64,6 +64,54 @@ pub fn num(x: f64) -> Value {
     }
 }
 
+/// Quantile `q` of the time in system (queueing + service) of an M/D/1 queue: Poisson arrivals
+/// at `rate` per unit time, every request served alone in exactly `service` time units, with no
+/// scheduler delay. This is the floor an open-loop Poisson load puts under any one-instance server
+/// whose batches cost as much as their requests served one by one; NaN unless `rate * service`
+/// is in (0, 1).
+///
+/// Erlang's waiting-time distribution, in units of `service` with `rho = rate * service`:
+/// `P(W <= t) = (1 - rho) * sum_{k=0}^{floor t} (rho (k - t))^k / k! * e^{-rho (k - t)}`,
+/// inverted by bisection. The alternating sum loses precision for waits of many dozens of
+/// service times (utilization near 1), far past where the benchmarks use it.
+pub fn md1_time_in_system(rate: f64, service: f64, q: f64) -> f64 {
+    let rho = rate * service;
+    if !(rho > 0.0 && rho < 1.0 && service > 0.0 && q > 0.0 && q < 1.0) {
+        return f64::NAN;
+    }
+    let cdf = |t: f64| {
+        let mut sum = 0.0;
+        let mut fact = 1.0;
+        for k in 0..=(t.floor() as u32) {
+            if k > 0 {
+                fact *= f64::from(k);
+            }
+            let x = rho * (f64::from(k) - t);
+            sum += x.powi(k as i32) / fact * (-x).exp();
+        }
+        (1.0 - rho) * sum
+    };
+    if cdf(0.0) >= q {
+        return service;
+    }
+    let (mut lo, mut hi) = (0.0, 1.0);
+    while cdf(hi) < q {
+        hi *= 2.0;
+        if hi > 1e3 {
+            return f64::NAN;
+        }
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if cdf(mid) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (hi + 1.0) * service
+}
+
 /// The counters of `/v2/models/{m}/stats` that the benchmarks read.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerStats {
@@ -163,5 +211,23 @@ mod tests {
         assert_eq!(d.avg_batch, 2.5);
         assert_eq!(d.queue_us_per_request, 5.0);
         assert_eq!(d.infer_ms_per_execution, 2.0);
+    }
+
+    #[test]
+    fn md1_floor() {
+        // p99 time in system at utilization 0.5 is 4.34 service times (Erlang's formula).
+        let t = md1_time_in_system(50.0, 0.01, 0.99);
+        assert!((t / 0.01 - 4.336).abs() < 0.01, "{t}");
+        // Higher load, longer tail; nobody waits at the median when most find the server idle.
+        assert!(md1_time_in_system(80.0, 0.01, 0.99) > t);
+        assert_eq!(md1_time_in_system(10.0, 0.01, 0.5), 0.01);
+        // The mean wait from the distribution is Pollaczek-Khinchine's rho / (2 (1 - rho)).
+        let n = 4000;
+        let mean_system: f64 =
+            (0..n).map(|i| md1_time_in_system(0.5, 1.0, (f64::from(i) + 0.5) / f64::from(n))).sum::<f64>()
+                / f64::from(n);
+        assert!((mean_system - 1.5).abs() < 0.01, "{mean_system}");
+        assert!(md1_time_in_system(100.0, 0.01, 0.99).is_nan());
+        assert!(md1_time_in_system(0.0, 0.01, 0.99).is_nan());
     }
 }

@@ -333,9 +333,10 @@ impl AdaptiveController {
 
     /// For each candidate size b: gather(b) = (b − r)/λ (r inferences per request, λ per
     /// second), latency(b) = gather(b) + 2·cost(b), throughput(b) = instances·b/cost(b).
-    /// b* = the largest b with latency(b) ≤ budget and throughput(b) ≥ λ; the delay is
-    /// gather(b*), the cap the largest b with 2·cost(b) ≤ budget. Without such a b, the b of
-    /// best throughput and no delay.
+    /// A size is feasible when latency(b) ≤ budget and throughput(b) ≥ λ; b* is the feasible
+    /// size of least expected latency ([`expected_latency`]); the delay is gather(b*), the cap
+    /// the largest b with 2·cost(b) ≤ budget. Without a feasible b, the b of best throughput and
+    /// no delay.
     fn recompute(&mut self) {
         if self.fit.is_none() {
             return;
@@ -350,7 +351,8 @@ impl AdaptiveController {
                 None => f64::INFINITY,
             }
         };
-        let mut best: Option<u64> = None;
+        // (b, expected latency) of the best feasible size so far; a later (larger) size wins ties.
+        let mut best: Option<(u64, f64)> = None;
         let mut cap: Option<u64> = None;
         let mut rates = Vec::new();
         for b in candidates(self.max_batch_size) {
@@ -361,9 +363,13 @@ impl AdaptiveController {
                 cap = Some(b);
             }
             if gather(b) + 2.0 * c <= budget && lambda.is_none_or(|l| throughput >= l) {
-                best = Some(b);
+                let e = expected_latency(gather(b), c, lambda.unwrap_or(0.0) / throughput, self.instances);
+                if best.is_none_or(|(_, e0)| e <= e0) {
+                    best = Some((b, e));
+                }
             }
         }
+        let best = best.map(|(b, _)| b);
         let delay = |b: u64, c: f64| Duration::from_secs_f64(gather(b).min(budget - 2.0 * c).max(0.0));
         self.choice = match best {
             Some(b) => Choice {
@@ -389,6 +395,20 @@ impl AdaptiveController {
             }
         };
     }
+}
+
+/// Expected time in the system of a request when batches of b are formed: half the time to
+/// gather b (the first waits all of it, the last none), the execution, and the wait for the
+/// instance — M/D/1's ρ/(2(1 − ρ)) batch costs at utilization ρ = λ / throughput(b), shared
+/// between the instances. Among the sizes that keep up within the budget this prefers the
+/// quickest: at low load no waiting at all (a batch gains no throughput that is needed, it only
+/// makes requests wait for company), at higher load the size where the queue for the instance
+/// stops shrinking faster than gathering grows. Infinite at ρ ≥ 1.
+fn expected_latency(gather: f64, cost: f64, rho: f64, instances: f64) -> f64 {
+    if rho >= 1.0 {
+        return f64::INFINITY;
+    }
+    gather / 2.0 + cost + rho / (2.0 * (1.0 - rho)) * cost / instances
 }
 
 /// Every size up to 32, then steps of 1/8 up to `max` (and `max` itself): a bounded number of
@@ -491,6 +511,26 @@ mod tests {
     }
 
     #[test]
+    fn below_capacity_it_does_not_wait_for_company_it_does_not_need() {
+        // A CPU model whose batches cost what their requests cost one by one (4.5 ms each), at
+        // half its capacity: batching buys no throughput that is needed, so nobody waits, even
+        // though waiting for two or three would fit the 50 ms target.
+        let mut c = controller(50, 32);
+        feed_costs(&mut c, 0.0, 4.5, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), Duration::from_micros(9000), 100);
+        let ch = c.choice();
+        assert_eq!((ch.target_batch, ch.max_delay, ch.saturated), (1, Duration::ZERO, false), "{ch:?}");
+        // A backlog still goes out in batches as big as the budget allows.
+        assert_eq!(ch.max_batch, 5, "{ch:?}");
+        // With a large fixed cost per batch (an accelerator), the same rate is worth batching.
+        let mut c = controller(50, 32);
+        feed_costs(&mut c, 8.0, 0.1, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), Duration::from_micros(9000), 100);
+        let ch = c.choice();
+        assert!(ch.target_batch > 1 && ch.max_delay > Duration::ZERO, "{ch:?}");
+    }
+
+    #[test]
     fn a_tighter_target_waits_less() {
         let choice = |target_ms| {
             let mut c = controller(target_ms, 32);
@@ -537,17 +577,20 @@ mod tests {
         };
         let fast = Duration::from_micros(200);
         assert_eq!(choice(50, 100 * MS), (1, 0.0, 32, false));
-        assert_eq!(choice(50, fast), (32, 6.2, 32, false));
-        assert_eq!(choice(12, fast), (22, 4.2, 32, false));
+        assert_eq!(choice(50, fast), (19, 3.6, 32, false));
+        assert_eq!(choice(12, fast), (19, 3.6, 32, false));
+        assert_eq!(choice(8, fast), (13, 2.4, 25, false));
         assert_eq!(choice(5, fast), (32, 0.0, 32, true));
     }
 
     #[test]
     fn p99_over_the_target_shrinks_the_headroom_and_the_delay() {
-        let mut c = controller(50, 64);
+        // A target that binds: the quickest size (19 at 5000/s) does not fit 0.9 × 8 ms.
+        let mut c = controller(8, 64);
         feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
-        feed_rate(&mut c, Instant::now(), Duration::from_micros(500), 100);
+        feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
         let before = c.choice();
+        assert!(before.max_delay > Duration::ZERO && !before.saturated, "{before:?}");
         for _ in 0..WINDOW {
             c.observe_latency(80 * MS);
         }
@@ -561,7 +604,7 @@ mod tests {
         assert!((c.headroom() - MIN_HEADROOM).abs() < 1e-9);
         // One slow request in a window is below the p99: the headroom relaxes, up to 0.9.
         for i in 0..100 * WINDOW {
-            c.observe_latency(if i % WINDOW == 0 { 500 * MS } else { 10 * MS });
+            c.observe_latency(if i % WINDOW == 0 { 500 * MS } else { 5 * MS });
         }
         assert!((c.headroom() - MAX_HEADROOM).abs() < 1e-9);
     }
