@@ -133,8 +133,17 @@ async fn generate_stream_openai_and_infer() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 4);
 
-    // Metrics per model.
-    let m = c.get(format!("http://{}/metrics", s.metrics_addr)).send().await.unwrap().text().await.unwrap();
+    // Metrics per model. The engine updates its running gauge on its next loop, just after
+    // the last token went out: wait for it rather than race it.
+    let idle = "sluice_llm_running_sequences{model=\"smollm\",version=\"1\"} 0";
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = c.get(format!("http://{}/metrics", s.metrics_addr)).send().await.unwrap().text().await.unwrap();
+        if m.contains(idle) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for family in [
         "sluice_llm_time_to_first_token_seconds_count{model=\"smollm\",version=\"1\"}",
         "sluice_llm_inter_token_latency_seconds_bucket{model=\"smollm\",version=\"1\",le=",
