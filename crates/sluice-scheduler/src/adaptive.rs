@@ -97,7 +97,9 @@ const COST_ALPHA: f64 = 0.2;
 const COST_MIN_SAMPLES: u32 = 3;
 /// Distinct batch sizes whose cost is kept (bounded memory); others only use the fit.
 const MAX_SIZES: usize = 256;
-/// Weight of a new inter-arrival gap in the rate average.
+/// Arrivals over which the rate and the gaps' spread are measured.
+const RATE_WINDOW: usize = 32;
+/// Weight of a new request's inference count in its average.
 const RATE_ALPHA: f64 = 0.2;
 /// Completed requests per p99 evaluation.
 const WINDOW: usize = 128;
@@ -110,6 +112,10 @@ const RELAX: f64 = 1.05;
 const PEAKS: usize = 8;
 /// Throughputs within this share of the best count as tied (saturated choice).
 const NEAR_BEST: f64 = 0.97;
+/// Gaps seen before their variability is trusted.
+const MIN_GAPS: u32 = 16;
+/// Variability beyond this is one burst, not a steady property of the traffic.
+const MAX_CV2: f64 = 16.0;
 /// Costs below this are measurement noise.
 const MIN_COST_S: f64 = 1e-6;
 
@@ -125,9 +131,15 @@ pub struct AdaptiveController {
     costs: BTreeMap<u64, Ewma>,
     /// cost(b) = a + k·b, seconds, fitted over `costs`.
     fit: Option<(f64, f64)>,
-    last_arrival: Option<Instant>,
-    /// Mean seconds between arrivals.
+    /// The last [`RATE_WINDOW`] arrivals, in order.
+    arrivals: VecDeque<Instant>,
+    /// Mean seconds between the arrivals in the window, mean squared gap, and how many gaps.
     gap: Option<f64>,
+    gap_sq: f64,
+    gaps_seen: u32,
+    /// Mean of (execution time / its size's mean − 1)²: the squared coefficient of variation of
+    /// execution times, pooled over sizes.
+    service_cv2: f64,
     /// Mean inferences per arriving request.
     per_arrival: f64,
     /// Most requests in the system (queued + executing) seen since the last execution ended,
@@ -156,8 +168,11 @@ impl AdaptiveController {
             instances: instances.max(1) as f64,
             costs: BTreeMap::new(),
             fit: None,
-            last_arrival: None,
+            arrivals: VecDeque::with_capacity(RATE_WINDOW),
             gap: None,
+            gap_sq: 0.0,
+            gaps_seen: 0,
+            service_cv2: 0.0,
             per_arrival: 1.0,
             cycle_peak: 0,
             peaks: VecDeque::with_capacity(PEAKS),
@@ -189,16 +204,44 @@ impl AdaptiveController {
     /// A request of `inferences` arrived at `now`; `in_system` requests are now queued or
     /// executing, this one included.
     pub fn observe_arrival(&mut self, now: Instant, inferences: u64, in_system: usize) {
-        if let Some(prev) = self.last_arrival {
-            let g = now.saturating_duration_since(prev).as_secs_f64();
-            self.gap = Some(self.gap.map_or(g, |m| m + RATE_ALPHA * (g - m)));
-            self.per_arrival += RATE_ALPHA * (inferences.max(1) as f64 - self.per_arrival);
-        } else {
-            self.per_arrival = inferences.max(1) as f64;
+        match self.arrivals.back() {
+            Some(&last) => {
+                self.per_arrival += RATE_ALPHA * (inferences.max(1) as f64 - self.per_arrival);
+                if self.arrivals.len() == RATE_WINDOW {
+                    self.arrivals.pop_front();
+                }
+                self.arrivals.push_back(last.max(now));
+            }
+            None => {
+                self.per_arrival = inferences.max(1) as f64;
+                self.arrivals.push_back(now);
+            }
         }
-        self.last_arrival = Some(self.last_arrival.map_or(now, |p| p.max(now)));
+        self.measure_gaps();
         self.cycle_peak = self.cycle_peak.max(in_system);
         self.recompute();
+    }
+
+    /// Mean and mean square of the gaps in the arrival window. A window rather than an EWMA of
+    /// single gaps: two requests that reach the scheduler together (after a stall of the
+    /// network or of the HTTP threads) would pull an EWMA's rate above what batch 1 serves and
+    /// make the controller wait for a companion it does not need.
+    fn measure_gaps(&mut self) {
+        let n = self.arrivals.len().saturating_sub(1);
+        if n == 0 {
+            return;
+        }
+        let (first, last) = (self.arrivals[0], self.arrivals[n]);
+        let span = last.saturating_duration_since(first).as_secs_f64();
+        let sq: f64 = self
+            .arrivals
+            .iter()
+            .zip(self.arrivals.iter().skip(1))
+            .map(|(a, b)| b.saturating_duration_since(*a).as_secs_f64().powi(2))
+            .sum();
+        self.gap = Some(span / n as f64);
+        self.gap_sq = sq / n as f64;
+        self.gaps_seen = n as u32;
     }
 
     /// A batch of `batch_size` inferences took `duration` on an instance.
@@ -215,6 +258,8 @@ impl AdaptiveController {
         }
         let secs = duration.as_secs_f64().max(MIN_COST_S);
         if let Some(e) = self.costs.get_mut(&batch_size) {
+            let dev = secs / e.mean - 1.0;
+            self.service_cv2 += COST_ALPHA * (dev * dev - self.service_cv2);
             e.mean += COST_ALPHA * (secs - e.mean);
             e.n = e.n.saturating_add(1);
         } else if self.costs.len() < MAX_SIZES {
@@ -265,6 +310,20 @@ impl AdaptiveController {
     /// Estimated arrival rate, inferences per second.
     pub fn arrival_rate(&self) -> Option<f64> {
         self.gap.map(|g| self.per_arrival / g.max(1e-12))
+    }
+
+    /// Squared coefficient of variation of the gaps between arrivals: 1 for Poisson arrivals,
+    /// near 0 for evenly spaced ones, above 1 for bursts. Poisson (1) until a few gaps are seen.
+    pub fn arrival_cv2(&self) -> f64 {
+        match self.gap {
+            Some(m) if self.gaps_seen >= MIN_GAPS && m > 0.0 => ((self.gap_sq - m * m) / (m * m)).clamp(0.0, MAX_CV2),
+            _ => 1.0,
+        }
+    }
+
+    /// Squared coefficient of variation of execution times (0 when they never vary).
+    pub fn service_cv2(&self) -> f64 {
+        self.service_cv2.clamp(0.0, MAX_CV2)
     }
 
     /// Predicted execution time of a batch of `b` inferences.
@@ -343,6 +402,7 @@ impl AdaptiveController {
         }
         let budget = self.target.as_secs_f64() * self.headroom;
         let lambda = self.arrival_rate();
+        let (ca2, cs2) = (self.arrival_cv2(), self.service_cv2());
         let gather = |b: u64| {
             let more = (b as f64 - self.per_arrival).max(0.0);
             match lambda {
@@ -363,7 +423,9 @@ impl AdaptiveController {
                 cap = Some(b);
             }
             if gather(b) + 2.0 * c <= budget && lambda.is_none_or(|l| throughput >= l) {
-                let e = expected_latency(gather(b), c, lambda.unwrap_or(0.0) / throughput, self.instances);
+                // b arrivals make one batch: its gaps vary 1/b as much as single ones.
+                let variability = ca2 / b as f64 + cs2;
+                let e = expected_latency(gather(b), c, lambda.unwrap_or(0.0) / throughput, variability, self.instances);
                 if best.is_none_or(|(_, e0)| e <= e0) {
                     best = Some((b, e));
                 }
@@ -399,16 +461,20 @@ impl AdaptiveController {
 
 /// Expected time in the system of a request when batches of b are formed: half the time to
 /// gather b (the first waits all of it, the last none), the execution, and the wait for the
-/// instance — M/D/1's ρ/(2(1 − ρ)) batch costs at utilization ρ = λ / throughput(b), shared
-/// between the instances. Among the sizes that keep up within the budget this prefers the
-/// quickest: at low load no waiting at all (a batch gains no throughput that is needed, it only
-/// makes requests wait for company), at higher load the size where the queue for the instance
-/// stops shrinking faster than gathering grows. Infinite at ρ ≥ 1.
-fn expected_latency(gather: f64, cost: f64, rho: f64, instances: f64) -> f64 {
+/// instance — Kingman's G/G/1 approximation (c_a² + c_s²)/2 · ρ/(1 − ρ) batch costs at
+/// utilization ρ = λ / throughput(b), with `variability` = c_a² + c_s² of the batches' gaps and
+/// execution times, shared between the instances. Poisson arrivals and fixed costs make this
+/// M/D/1's ρ/(2(1 − ρ)); evenly spaced arrivals and steady costs queue hardly at all.
+///
+/// Among the sizes that keep up within the budget this prefers the quickest: at low load no
+/// waiting at all (a batch gains no throughput that is needed, it only makes requests wait for
+/// company), at higher load the size where the wait for the instance stops shrinking faster
+/// than gathering grows. Infinite at ρ ≥ 1.
+fn expected_latency(gather: f64, cost: f64, rho: f64, variability: f64, instances: f64) -> f64 {
     if rho >= 1.0 {
         return f64::INFINITY;
     }
-    gather / 2.0 + cost + rho / (2.0 * (1.0 - rho)) * cost / instances
+    gather / 2.0 + cost + variability / 2.0 * rho / (1.0 - rho) * cost / instances
 }
 
 /// Every size up to 32, then steps of 1/8 up to `max` (and `max` itself): a bounded number of
@@ -453,6 +519,25 @@ mod tests {
             c.observe_arrival(t, 1, 1);
         }
         t
+    }
+
+    /// Gives the arrivals seen so far (evenly spaced by `feed_rate`) the variability of Poisson
+    /// arrivals at the same rate, E[g²] = 2·E[g]², as if they had come at random.
+    fn as_poisson(c: &mut AdaptiveController) {
+        let g = c.gap.expect("arrivals were fed");
+        c.gap_sq = 2.0 * g * g;
+        c.recompute();
+        assert!((c.arrival_cv2() - 1.0).abs() < 1e-9);
+    }
+
+    /// The choice after cost(b) = a + k·b (ms) was measured and Poisson arrivals came `gap`
+    /// apart on average.
+    fn settled(target_ms: u64, max: u64, a_ms: f64, k_ms: f64, gap: Duration) -> Choice {
+        let mut c = controller(target_ms, max);
+        feed_costs(&mut c, a_ms, k_ms, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), gap, 100);
+        as_poisson(&mut c);
+        c.choice()
     }
 
     #[test]
@@ -501,8 +586,9 @@ mod tests {
         let t = feed_rate(&mut c, Instant::now(), 100 * MS, 20);
         let low = c.choice();
         feed_rate(&mut c, t, Duration::from_micros(200), 100);
+        as_poisson(&mut c);
         let high = c.choice();
-        assert!(high.target_batch > low.target_batch && high.target_batch >= 16, "{low:?} -> {high:?}");
+        assert!(high.target_batch > low.target_batch && high.target_batch >= 11, "{low:?} -> {high:?}");
         assert!(high.max_delay > Duration::ZERO);
         // The predicted worst latency stays within the planned share of the target.
         let cost = c.predicted_cost(high.target_batch).unwrap();
@@ -515,30 +601,71 @@ mod tests {
         // A CPU model whose batches cost what their requests cost one by one (4.5 ms each), at
         // half its capacity: batching buys no throughput that is needed, so nobody waits, even
         // though waiting for two or three would fit the 50 ms target.
-        let mut c = controller(50, 32);
-        feed_costs(&mut c, 0.0, 4.5, &[1, 2, 4, 8]);
-        feed_rate(&mut c, Instant::now(), Duration::from_micros(9000), 100);
-        let ch = c.choice();
+        let ch = settled(50, 32, 0.0, 4.5, Duration::from_micros(9000));
         assert_eq!((ch.target_batch, ch.max_delay, ch.saturated), (1, Duration::ZERO, false), "{ch:?}");
         // A backlog still goes out in batches as big as the budget allows.
         assert_eq!(ch.max_batch, 5, "{ch:?}");
         // With a large fixed cost per batch (an accelerator), the same rate is worth batching.
-        let mut c = controller(50, 32);
-        feed_costs(&mut c, 8.0, 0.1, &[1, 2, 4, 8]);
-        feed_rate(&mut c, Instant::now(), Duration::from_micros(9000), 100);
-        let ch = c.choice();
+        let ch = settled(50, 32, 8.0, 0.1, Duration::from_micros(9000));
         assert!(ch.target_batch > 1 && ch.max_delay > Duration::ZERO, "{ch:?}");
     }
 
     #[test]
+    fn evenly_spaced_arrivals_are_not_worth_waiting_for_where_random_ones_are() {
+        // 100/s against batch 1 at 8 ms (125/s, ρ = 0.8): random arrivals would queue about
+        // 2 batch-1 times for the instance, so gathering 2 (10 ms, and 9 ms for the pair) pays.
+        // Evenly spaced arrivals and steady costs find the instance free: no waiting.
+        let gap = Duration::from_millis(10);
+        let random = settled(100, 32, 7.0, 1.0, gap);
+        assert!(random.target_batch > 1 && random.max_delay > Duration::ZERO, "{random:?}");
+        let mut c = controller(100, 32);
+        feed_costs(&mut c, 7.0, 1.0, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), gap, 100);
+        assert!(c.arrival_cv2() < 1e-6 && c.service_cv2() < 1e-6);
+        let even = c.choice();
+        assert_eq!((even.target_batch, even.max_delay), (1, Duration::ZERO), "{even:?}");
+        // Few gaps say little about their spread: until then arrivals count as random.
+        let mut c = controller(100, 32);
+        feed_costs(&mut c, 7.0, 1.0, &[1, 2, 4, 8]);
+        feed_rate(&mut c, Instant::now(), gap, 5);
+        assert_eq!(c.arrival_cv2(), 1.0);
+    }
+
+    #[test]
+    fn two_requests_arriving_together_do_not_make_it_wait() {
+        // 143/s evenly spaced against batch 1 at 6.15 ms (162/s): no waiting. Then one request
+        // is held up and reaches the scheduler with the next (gaps of 13.7 and 0.3 ms). An
+        // average of single gaps would now read 177/s, beyond batch 1, and wait for pairs; the
+        // rate over the window barely moves.
+        let mut c = controller(50, 32);
+        feed_costs(&mut c, 0.5, 5.65, &[1, 2, 4, 8]);
+        let gap = Duration::from_secs_f64(1.0 / 143.0);
+        let t = feed_rate(&mut c, Instant::now(), gap, 40);
+        assert_eq!((c.choice().target_batch, c.choice().max_delay), (1, Duration::ZERO));
+        let t = t + gap + gap - Duration::from_micros(300);
+        c.observe_arrival(t, 1, 1);
+        c.observe_arrival(t + Duration::from_micros(300), 1, 2);
+        let rate = c.arrival_rate().unwrap();
+        assert!(rate < 150.0, "{rate}");
+        let ch = c.choice();
+        assert_eq!((ch.target_batch, ch.max_delay), (1, Duration::ZERO), "{ch:?}");
+    }
+
+    #[test]
+    fn execution_time_spread_is_measured() {
+        let mut c = controller(100, 32);
+        for i in 0..200 {
+            c.observe_execution(1, if i % 2 == 0 { 5 * MS } else { 15 * MS });
+        }
+        // Times alternate ±50 % around a mean of 10 ms: c_s² ≈ 0.25 (more, as each is compared
+        // with a mean that moves a little after every sample).
+        assert!(c.service_cv2() > 0.2 && c.service_cv2() < 0.5, "{}", c.service_cv2());
+    }
+
+    #[test]
     fn a_tighter_target_waits_less() {
-        let choice = |target_ms| {
-            let mut c = controller(target_ms, 32);
-            feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
-            feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
-            c.choice()
-        };
-        let (loose, tight) = (choice(50), choice(10));
+        let choice = |target_ms| settled(target_ms, 32, 1.0, 0.1, Duration::from_micros(200));
+        let (loose, tight) = (choice(50), choice(7));
         assert!(tight.max_delay < loose.max_delay, "{loose:?} vs {tight:?}");
         assert!(tight.target_batch < loose.target_batch, "{loose:?} vs {tight:?}");
         assert!(!tight.saturated);
@@ -547,10 +674,7 @@ mod tests {
     #[test]
     fn beyond_what_the_target_allows_it_maximises_throughput() {
         // 5000/s needs b ≥ 10 with these costs, whose latency does not fit 5 ms.
-        let mut c = controller(5, 32);
-        feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
-        feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
-        let ch = c.choice();
+        let ch = settled(5, 32, 1.0, 0.1, Duration::from_micros(200));
         assert!(ch.saturated, "{ch:?}");
         assert_eq!((ch.max_batch, ch.target_batch, ch.max_delay), (32, 32, Duration::ZERO));
     }
@@ -558,10 +682,7 @@ mod tests {
     #[test]
     fn saturated_with_flat_costs_it_does_not_settle_on_batch_one() {
         // No fixed cost: every batch size gives the same throughput, 1000/s; 5000/s arrive.
-        let mut c = controller(5, 16);
-        feed_costs(&mut c, 0.0, 1.0, &[1, 2, 4, 8]);
-        feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
-        let ch = c.choice();
+        let ch = settled(5, 16, 0.0, 1.0, Duration::from_micros(200));
         assert!(ch.saturated, "{ch:?}");
         assert_eq!(ch.max_batch, 16, "{ch:?}");
     }
@@ -569,26 +690,24 @@ mod tests {
     #[test]
     fn the_worked_example_in_the_docs() {
         let choice = |target_ms, gap| {
-            let mut c = controller(target_ms, 32);
-            feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
-            feed_rate(&mut c, Instant::now(), gap, 100);
-            let ch = c.choice();
+            let ch = settled(target_ms, 32, 1.0, 0.1, gap);
             (ch.target_batch, (ch.max_delay.as_secs_f64() * 1e4).round() / 10.0, ch.max_batch, ch.saturated)
         };
         let fast = Duration::from_micros(200);
         assert_eq!(choice(50, 100 * MS), (1, 0.0, 32, false));
-        assert_eq!(choice(50, fast), (19, 3.6, 32, false));
-        assert_eq!(choice(12, fast), (19, 3.6, 32, false));
-        assert_eq!(choice(8, fast), (13, 2.4, 25, false));
+        assert_eq!(choice(50, fast), (13, 2.4, 32, false));
+        assert_eq!(choice(7, fast), (11, 2.0, 21, false));
         assert_eq!(choice(5, fast), (32, 0.0, 32, true));
     }
 
     #[test]
     fn p99_over_the_target_shrinks_the_headroom_and_the_delay() {
-        // A target that binds: the quickest size (19 at 5000/s) does not fit 0.9 × 8 ms.
+        // A target that binds once the headroom shrinks: 5000/s needs b ≥ 11, and
+        // latency(11) = 6.2 ms fits 0.9 × 8 ms but not 0.72 × 8 ms.
         let mut c = controller(8, 64);
         feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
         feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
+        as_poisson(&mut c);
         let before = c.choice();
         assert!(before.max_delay > Duration::ZERO && !before.saturated, "{before:?}");
         for _ in 0..WINDOW {
