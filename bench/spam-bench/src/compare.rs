@@ -385,6 +385,10 @@ struct Results {
     served: BTreeMap<Cell, Vec<LoadResult>>,
     /// served throughput / the same round's in-process best.
     ratio: BTreeMap<Cell, Vec<f64>>,
+    /// Open-loop cells: in-process batch-1 time (ms, p50) measured just before each run of the
+    /// cell. Batch-1 time on these machines switches between modes from minute to minute, so
+    /// the round's sweep may have caught another mode than the cell runs in.
+    adjacent_batch1_ms: BTreeMap<Cell, Vec<f64>>,
     /// add_sub's `dynamic_batching` as the example config has it, in words.
     add_sub_batching: String,
 }
@@ -481,6 +485,12 @@ pub fn run(
         let n = order.len();
         order.rotate_left(round % n.max(1));
         for cell in order {
+            if matches!(cell.load(), Load::Open(_)) {
+                let b1 = inprocess::sweep(instance.as_mut(), &emails, &[1], args.inprocess_seconds)?;
+                let ms = b1.first().map_or(f64::NAN, |b| b.batch_ms.p50);
+                eprintln!("  in-process batch 1 just before {}: {ms:.2} ms (p50)", cell.key());
+                res.adjacent_batch1_ms.entry(cell).or_default().push(ms);
+            }
             let r = rt.block_on(run_cell(cell, &args, &target, &wl, best))?;
             r.print(&format!("  {}", cell.key()));
             if cell.is_spam_accurate() {
@@ -749,19 +759,24 @@ fn targets(res: &Results, unavailable: &BTreeMap<&'static str, String>) -> Strin
             }
             _ => String::new(),
         };
-        // Like the throughput ratios, the verdict is on the median of per-round ratios: the
-        // batch-1 compute time of this machine moves between rounds.
-        let ratios: Vec<f64> = res.served.get(&cell).map_or(Vec::new(), |runs| {
-            runs.iter().zip(batch1(res)).map(|(r, b)| r.latency_ms.p99 / (2.0 * b.batch_ms.p50)).collect()
-        });
+        // Like the throughput ratios, the verdict is on the median of per-round ratios, each
+        // against the batch-1 time measured just before that run of the cell: the batch-1
+        // compute time of these machines moves between rounds and within them.
+        let ratios: Vec<f64> = match (res.served.get(&cell), res.adjacent_batch1_ms.get(&cell)) {
+            (Some(runs), Some(b1)) => runs.iter().zip(b1).map(|(r, b)| r.latency_ms.p99 / (2.0 * b)).collect(),
+            _ => Vec::new(),
+        };
         let ratio = median(&ratios);
+        let adjacent = res.adjacent_batch1_ms.get(&cell).map_or(f64::NAN, |v| median(v));
         t.push_str(&format!(
             "- p99 at half the in-process best load ({name}): {} ms; 2 × batch-1 compute time (p50 {} ms, p99 {} ms \
-             in-process) = {} ms; per round p99 / (2 × compute) {} (≤ 1 in {} of {} rounds){}{floor}\n",
+             in-process) = {} ms; per round p99 / (2 × batch-1 p50 measured just before the cell, median {} ms) {} \
+             (≤ 1 in {} of {} rounds){}{floor}\n",
             f(p99, 2),
             f(compute, 2),
             f(engine_p99, 2),
             f(2.0 * compute, 2),
+            f(adjacent, 2),
             f(ratio, 2),
             ratios.iter().filter(|&&r| r <= 1.0).count(),
             ratios.len(),
@@ -848,6 +863,7 @@ fn to_json(
                 "server_infer_ms_per_execution": num(med_of(rs, |r| r.server.infer_ms_per_execution)),
                 "header_queue_us_p50": num(med_of(rs, |r| r.queue_us.p50)),
                 "header_queue_us_p99": num(med_of(rs, |r| r.queue_us.p99)),
+                "adjacent_batch1_ms_p50": res.adjacent_batch1_ms.get(cell).map(|v| v.iter().map(|&x| num(x)).collect::<Vec<_>>()),
                 "errors": rs.iter().map(LoadResult::error_count).sum::<u64>(),
             }),
         );

@@ -502,6 +502,42 @@ pub enum Arrivals {
 
 /// Open loop: arrivals at `rate` per second over a pool of `pool` connections; each request's
 /// latency runs from its scheduled arrival (waiting for a free connection included).
+/// Sends each arrival's scheduled instant on `arrive`, at that instant, from `start` to `end`.
+/// A thread of its own rather than tokio timers: those fire on a 1 ms wheel, which would add up
+/// to a millisecond of the generator's own lateness to every latency measured from the scheduled
+/// start (a fifth of a 5 ms request); `thread::sleep` wakes within tens of microseconds. If the
+/// client falls behind, the channel fills and arrivals go out late, still timed from when they
+/// were due.
+fn pace(
+    rate: f64,
+    arrivals: Arrivals,
+    start: std::time::Instant,
+    end: std::time::Instant,
+    arrive: flume::Sender<std::time::Instant>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut rng = Rng::new(17);
+        let mut at = start;
+        loop {
+            let gap = match arrivals {
+                Arrivals::Poisson => -rng.unit().ln() / rate,
+                Arrivals::Uniform => 1.0 / rate,
+            };
+            at += Duration::from_secs_f64(gap);
+            if at >= end {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if arrive.send(at).is_err() {
+                return;
+            }
+        }
+    })
+}
+
 pub async fn run_open(
     target: &Target,
     wl: &Workload,
@@ -528,22 +564,13 @@ pub async fn run_open(
         let (target, model) = (target.clone(), wl.model.clone());
         tokio::spawn(async move { window_stats(&target, &model, t0, end).await })
     };
-    let mut rng = Rng::new(17);
-    let mut at = t_warm;
+    let (arrive, arrived) = flume::bounded::<std::time::Instant>(1024);
+    let pacer = pace(rate, arrivals, t_warm.into_std(), end.into_std(), arrive);
     let mut set = JoinSet::new();
     let mut idx = 0usize;
-    loop {
-        let gap = match arrivals {
-            Arrivals::Poisson => -rng.unit().ln() / rate,
-            Arrivals::Uniform => 1.0 / rate,
-        };
-        at += Duration::from_secs_f64(gap);
-        if at >= end {
-            break;
-        }
-        tokio::time::sleep_until(at).await;
+    while let Ok(at) = arrived.recv_async().await {
         let (target, wl, tx, rx) = (target.clone(), wl.clone(), tx.clone(), rx.clone());
-        let scheduled = at;
+        let scheduled = Instant::from_std(at);
         set.spawn(async move {
             let mut slot = rx.recv_async().await.ok().flatten();
             let out = send_on(&mut slot, &target, &wl, idx).await;
@@ -553,6 +580,7 @@ pub async fn run_open(
         });
         idx += 1;
     }
+    pacer.join().map_err(|_| anyhow!("the arrival pacer panicked"))?;
     let mut s = Samples::default();
     let drain = end + duration * 2 + Duration::from_secs(10);
     loop {
