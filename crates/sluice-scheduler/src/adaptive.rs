@@ -423,8 +423,12 @@ impl AdaptiveController {
                 cap = Some(b);
             }
             if gather(b) + 2.0 * c <= budget && lambda.is_none_or(|l| throughput >= l) {
-                // b arrivals make one batch: its gaps vary 1/b as much as single ones.
-                let variability = ca2 / b as f64 + cs2;
+                // The arrivals' own spread, not 1/b of it as for batches gathered b at a time:
+                // while an instance is busy the backlog forms batches whatever b* is, so the
+                // queue the instance sees is driven by single arrivals. (With c_a²/b the
+                // controller gathered pairs of Poisson arrivals at half load on a CPU model,
+                // 4 ms of queue at the median, for nothing.)
+                let variability = ca2 + cs2;
                 let e = expected_latency(gather(b), c, lambda.unwrap_or(0.0) / throughput, variability, self.instances);
                 if best.is_none_or(|(_, e0)| e <= e0) {
                     best = Some((b, e));
@@ -462,8 +466,8 @@ impl AdaptiveController {
 /// Expected time in the system of a request when batches of b are formed: half the time to
 /// gather b (the first waits all of it, the last none), the execution, and the wait for the
 /// instance — Kingman's G/G/1 approximation (c_a² + c_s²)/2 · ρ/(1 − ρ) batch costs at
-/// utilization ρ = λ / throughput(b), with `variability` = c_a² + c_s² of the batches' gaps and
-/// execution times, shared between the instances. Poisson arrivals and fixed costs make this
+/// utilization ρ = λ / throughput(b), with `variability` = c_a² + c_s² of the gaps between
+/// arrivals and of execution times, shared between the instances. Poisson arrivals and fixed costs make this
 /// M/D/1's ρ/(2(1 − ρ)); evenly spaced arrivals and steady costs queue hardly at all.
 ///
 /// Among the sizes that keep up within the budget this prefers the quickest: at low load no
@@ -695,15 +699,15 @@ mod tests {
         };
         let fast = Duration::from_micros(200);
         assert_eq!(choice(50, 100 * MS), (1, 0.0, 32, false));
-        assert_eq!(choice(50, fast), (13, 2.4, 32, false));
+        assert_eq!(choice(50, fast), (19, 3.6, 32, false));
         assert_eq!(choice(7, fast), (11, 2.0, 21, false));
         assert_eq!(choice(5, fast), (32, 0.0, 32, true));
     }
 
     #[test]
     fn p99_over_the_target_shrinks_the_headroom_and_the_delay() {
-        // A target that binds once the headroom shrinks: 5000/s needs b ≥ 11, and
-        // latency(11) = 6.2 ms fits 0.9 × 8 ms but not 0.72 × 8 ms.
+        // A target that binds: the quickest size (19 at 5000/s) does not fit 0.9 × 8 ms; once
+        // the headroom shrinks to 0.72 no size that keeps up (b ≥ 11) fits at all.
         let mut c = controller(8, 64);
         feed_costs(&mut c, 1.0, 0.1, &[1, 2, 4, 8]);
         feed_rate(&mut c, Instant::now(), Duration::from_micros(200), 100);
