@@ -500,8 +500,6 @@ pub enum Arrivals {
     Uniform,
 }
 
-/// Open loop: arrivals at `rate` per second over a pool of `pool` connections; each request's
-/// latency runs from its scheduled arrival (waiting for a free connection included).
 /// Sends each arrival's scheduled instant on `arrive`, at that instant, from `start` to `end`.
 /// A thread of its own rather than tokio timers: those fire on a 1 ms wheel, which would add up
 /// to a millisecond of the generator's own lateness to every latency measured from the scheduled
@@ -538,6 +536,8 @@ fn pace(
     })
 }
 
+/// Open loop: arrivals at `rate` per second over a pool of `pool` connections; each request's
+/// latency runs from its scheduled arrival (waiting for a free connection included).
 pub async fn run_open(
     target: &Target,
     wl: &Workload,

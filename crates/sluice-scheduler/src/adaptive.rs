@@ -113,7 +113,7 @@ const PEAKS: usize = 8;
 /// Throughputs within this share of the best count as tied (saturated choice).
 const NEAR_BEST: f64 = 0.97;
 /// Gaps seen before their variability is trusted.
-const MIN_GAPS: u32 = 16;
+const MIN_GAPS: usize = 16;
 /// Variability beyond this is one burst, not a steady property of the traffic.
 const MAX_CV2: f64 = 16.0;
 /// Costs below this are measurement noise.
@@ -133,10 +133,9 @@ pub struct AdaptiveController {
     fit: Option<(f64, f64)>,
     /// The last [`RATE_WINDOW`] arrivals, in order.
     arrivals: VecDeque<Instant>,
-    /// Mean seconds between the arrivals in the window, mean squared gap, and how many gaps.
+    /// Mean seconds between the arrivals in the window, and mean squared gap.
     gap: Option<f64>,
     gap_sq: f64,
-    gaps_seen: u32,
     /// Mean of (execution time / its size's mean − 1)²: the squared coefficient of variation of
     /// execution times, pooled over sizes.
     service_cv2: f64,
@@ -171,7 +170,6 @@ impl AdaptiveController {
             arrivals: VecDeque::with_capacity(RATE_WINDOW),
             gap: None,
             gap_sq: 0.0,
-            gaps_seen: 0,
             service_cv2: 0.0,
             per_arrival: 1.0,
             cycle_peak: 0,
@@ -241,7 +239,6 @@ impl AdaptiveController {
             .sum();
         self.gap = Some(span / n as f64);
         self.gap_sq = sq / n as f64;
-        self.gaps_seen = n as u32;
     }
 
     /// A batch of `batch_size` inferences took `duration` on an instance.
@@ -316,7 +313,9 @@ impl AdaptiveController {
     /// near 0 for evenly spaced ones, above 1 for bursts. Poisson (1) until a few gaps are seen.
     pub fn arrival_cv2(&self) -> f64 {
         match self.gap {
-            Some(m) if self.gaps_seen >= MIN_GAPS && m > 0.0 => ((self.gap_sq - m * m) / (m * m)).clamp(0.0, MAX_CV2),
+            Some(m) if self.arrivals.len() > MIN_GAPS && m > 0.0 => {
+                ((self.gap_sq - m * m) / (m * m)).clamp(0.0, MAX_CV2)
+            }
             _ => 1.0,
         }
     }
@@ -467,8 +466,9 @@ impl AdaptiveController {
 /// gather b (the first waits all of it, the last none), the execution, and the wait for the
 /// instance — Kingman's G/G/1 approximation (c_a² + c_s²)/2 · ρ/(1 − ρ) batch costs at
 /// utilization ρ = λ / throughput(b), with `variability` = c_a² + c_s² of the gaps between
-/// arrivals and of execution times, shared between the instances. Poisson arrivals and fixed costs make this
-/// M/D/1's ρ/(2(1 − ρ)); evenly spaced arrivals and steady costs queue hardly at all.
+/// arrivals and of execution times, shared between the instances. Poisson arrivals and fixed
+/// costs make this M/D/1's ρ/(2(1 − ρ)); evenly spaced arrivals and steady costs queue hardly
+/// at all.
 ///
 /// Among the sizes that keep up within the budget this prefers the quickest: at low load no
 /// waiting at all (a batch gains no throughput that is needed, it only makes requests wait for
