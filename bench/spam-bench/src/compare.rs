@@ -285,7 +285,7 @@ impl Drop for Server {
     }
 }
 
-fn symlink(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn symlink(src: &Path, dst: &Path) -> Result<()> {
     if !src.exists() {
         bail!("missing {}", src.display());
     }

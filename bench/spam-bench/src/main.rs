@@ -6,7 +6,8 @@
 //! * `serve-load`: N concurrent batch-1 clients against a running Sluice (HTTP binary or gRPC);
 //! * `compare`: starts Sluice itself and runs the whole table in interleaved rounds;
 //! * `text-vs-ids`: starts Sluice and compares raw text tokenized by the server (`spam-text`)
-//!   with token ids tokenized by the client (`spam-fast`), interleaved rounds.
+//!   with token ids tokenized by the client (`spam-fast`), interleaved rounds;
+//! * `pa-half-load`: starts Sluice and measures the half-load p99 with Triton's `perf_analyzer`.
 //!
 //! Build with `cargo build --release -p spam-bench -p sluice`; see docs/benchmarks.md.
 
@@ -14,6 +15,7 @@ mod compare;
 mod data;
 mod inprocess;
 mod load;
+mod pa;
 mod stats;
 mod text_ids;
 
@@ -59,6 +61,9 @@ enum Command {
     /// Start Sluice and compare server-side tokenization (raw text to spam-text) with token ids
     /// tokenized here (spam-fast), same emails, interleaved rounds.
     TextVsIds(text_ids::TextVsIdsArgs),
+    /// Start Sluice and measure the p99 at half the in-process best rate with Triton's
+    /// perf_analyzer (`--request-rate-range`, constant and Poisson arrivals).
+    PaHalfLoad(pa::PaArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,5 +221,6 @@ fn main() -> Result<()> {
         Command::TextVsIds(a) => {
             text_ids::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
         }
+        Command::PaHalfLoad(a) => pa::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails),
     }
 }
