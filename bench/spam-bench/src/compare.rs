@@ -506,13 +506,8 @@ pub fn run(
     let command: Vec<String> = std::env::args().collect();
     println!();
     println!("{table}");
-    let out = args.json.clone().unwrap_or_else(|| repo_root().join("bench/results/spam-bench.json"));
-    if let Some(p) = out.parent() {
-        fs::create_dir_all(p)?;
-    }
     let json = to_json(&res, &args, threads, &unavailable, &command, mean_len, median_len, capped, &adaptive_config);
-    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
-    eprintln!("wrote {} ({:.0} s in all)", out.display(), started.elapsed().as_secs_f64());
+    crate::write_results(args.json.as_deref(), "spam-bench.json", &json, started)?;
     if args.keep_repo {
         let kept = tmp.keep();
         eprintln!("kept the model repository and server log in {}", kept.display());

@@ -20,7 +20,7 @@ mod stats;
 mod text_ids;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -127,6 +127,22 @@ struct ServeLoadArgs {
     rate: Option<f64>,
     #[arg(long, value_enum, default_value = "auto")]
     workload: WorkloadKind,
+}
+
+/// Writes a subcommand's results to `--json`, else to `bench/results/<default_name>`.
+fn write_results(
+    json_arg: Option<&Path>,
+    default_name: &str,
+    value: &serde_json::Value,
+    started: Instant,
+) -> Result<()> {
+    let out = json_arg.map(Path::to_path_buf).unwrap_or_else(|| repo_root().join("bench/results").join(default_name));
+    if let Some(p) = out.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(value)?)?;
+    eprintln!("wrote {} ({:.0} s in all)", out.display(), started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn repo_root() -> PathBuf {

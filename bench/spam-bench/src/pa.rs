@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::compare::{f, machine, sluice_bin, symlink, Server};
 use crate::inprocess::{self, Batching};
 use crate::stats::{md1_time_in_system, median, num};
-use crate::{cpus, data, repo_root, runtime};
+use crate::{cpus, data, runtime, write_results};
 
 const FIXED: &str = "spam-accurate";
 const ADAPTIVE: &str = "spam-accurate-adaptive";
@@ -282,10 +282,6 @@ pub fn run(args: PaArgs, shared: &Path, ort_lib: Option<&Path>, limit: Option<us
 
     println!();
     println!("{}", render(&runs, &args, threads, median(&best_rates)));
-    let out = args.json.clone().unwrap_or_else(|| repo_root().join("bench/results/pa-half-load.json"));
-    if let Some(p) = out.parent() {
-        fs::create_dir_all(p)?;
-    }
     let command: Vec<String> = std::env::args().collect();
     let json = json!({
         "command": command.join(" "),
@@ -300,8 +296,7 @@ pub fn run(args: PaArgs, shared: &Path, ort_lib: Option<&Path>, limit: Option<us
             "rounds": rs.iter().map(PaRun::to_json).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
-    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
-    eprintln!("wrote {} ({:.0} s in all)", out.display(), started.elapsed().as_secs_f64());
+    write_results(args.json.as_deref(), "pa-half-load.json", &json, started)?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use sluice_backend::onnx::find_library;
 use crate::compare::{f, machine, med_of, sluice_bin, Server};
 use crate::load::{self, LoadResult, Phase, Target, Transport, Workload};
 use crate::stats::{median, num};
-use crate::{cpus, data, repo_root, runtime};
+use crate::{cpus, data, repo_root, runtime, write_results};
 
 /// The models of `scripts/make_shared_repo.sh` compared here.
 const IDS_MODEL: &str = "spam-fast";
@@ -268,10 +268,6 @@ pub fn run(
     let table = render(&res, &args, threads, transport, &bytes, mean_text, ids_config);
     println!();
     println!("{table}");
-    let out = args.json.clone().unwrap_or_else(|| repo_root().join("bench/results/text-vs-ids.json"));
-    if let Some(p) = out.parent() {
-        fs::create_dir_all(p)?;
-    }
     let command: Vec<String> = std::env::args().collect();
     let json = json!({
         "command": command.join(" "),
@@ -312,8 +308,7 @@ pub fn run(
             Value::Object(cells)
         }).collect::<Vec<_>>(),
     });
-    fs::write(&out, serde_json::to_string_pretty(&json)?)?;
-    eprintln!("wrote {} ({:.0} s in all)", out.display(), started.elapsed().as_secs_f64());
+    write_results(args.json.as_deref(), "text-vs-ids.json", &json, started)?;
     if args.keep_repo {
         let kept = tmp.keep();
         eprintln!("kept the model repository and server log in {}", kept.display());
