@@ -96,6 +96,18 @@ impl ModelRecord {
 
 type Table = HashMap<String, ModelRecord>;
 
+/// Why a model with no ready version cannot take a request. Only a load in progress is
+/// UNAVAILABLE (retry soon); a model that was unloaded or failed to load is NOT_FOUND, with
+/// Triton's words, because a client treats 5xx as a broken server.
+fn no_ready_version(rec: &ModelRecord) -> ServeError {
+    let loading = rec.state == ModelState::Loading || rec.versions.values().any(|s| s.state == ModelState::Loading);
+    if loading {
+        return ServeError::Unavailable(format!("model '{}' is loading", rec.name));
+    }
+    let reason = if rec.reason.is_empty() { String::new() } else { format!(" ({})", rec.reason) };
+    ServeError::NotFound(format!("Request for unknown model: '{}' has no available versions{reason}", rec.name))
+}
+
 /// Inline content for a load: a config that replaces the one on disk and model files
 /// (`<version>/<name>` → bytes) that replace the directory's.
 #[derive(Clone, Debug, Default)]
@@ -195,23 +207,30 @@ impl ModelRepository {
         let table = self.snapshot();
         let rec = table.get(model).ok_or_else(|| ServeError::model_not_found(model, version))?;
         match version.filter(|v| !v.is_empty()) {
-            None => rec.ready_versions().next_back().cloned().ok_or_else(|| {
-                let reason = if rec.reason.is_empty() { String::new() } else { format!(": {}", rec.reason) };
-                ServeError::Unavailable(format!("model '{model}' has no ready version{reason}"))
-            }),
+            None => rec.ready_versions().next_back().cloned().ok_or_else(|| no_ready_version(rec)),
             Some(v) => {
                 let n: u64 = v.parse().map_err(|_| ServeError::model_not_found(model, Some(v)))?;
                 let slot = rec.versions.get(&n).ok_or_else(|| ServeError::model_not_found(model, Some(v)))?;
                 match (&slot.served, slot.state) {
                     (Some(s), ModelState::Ready) => Ok(s.clone()),
-                    _ => Err(ServeError::Unavailable(format!(
-                        "model '{model}' version {v} is not ready ({}{})",
+                    (_, ModelState::Loading) => {
+                        Err(ServeError::Unavailable(format!("model '{model}' version {v} is loading")))
+                    }
+                    // Triton answers NOT_FOUND for a version that is not available (unloaded,
+                    // failed, going away): clients read 503 as "the server is broken, retry".
+                    _ => Err(ServeError::NotFound(format!(
+                        "Request for unknown model: '{model}' version {v} is not available ({}{})",
                         slot.state.as_str(),
                         if slot.reason.is_empty() { String::new() } else { format!(": {}", slot.reason) }
                     ))),
                 }
             }
         }
+    }
+
+    /// True when the model is in the served table or in a repository (loaded or not).
+    pub fn is_known(&self, model: &str) -> bool {
+        self.snapshot().contains_key(model) || scan_model_names(&self.opts.roots).iter().any(|n| n == model)
     }
 
     /// Ready versions of a model, oldest first.

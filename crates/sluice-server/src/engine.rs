@@ -96,6 +96,11 @@ impl Engine {
         self.repo.get(model, version).is_ok()
     }
 
+    /// True for a model in a repository or in the served table, whether ready or not.
+    pub fn model_known(&self, model: &str) -> bool {
+        self.repo.is_known(model)
+    }
+
     pub fn model_config(&self, model: &str, version: Option<&str>) -> Result<Arc<ModelConfig>, ServeError> {
         Ok(self.repo.get(model, version)?.config.clone())
     }

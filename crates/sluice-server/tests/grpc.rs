@@ -429,7 +429,12 @@ async fn repository_index_load_unload() {
     let idx = c.repository_index(index(false)).await.unwrap().into_inner().models;
     assert!(idx.iter().any(|m| m.name == "add_sub" && m.state != "READY"), "{idx:?}");
     let a = vec![0.0f32; 16];
-    assert!(c.model_infer(typed_request("", a.clone(), a.clone())).await.is_err());
+    // An unloaded model is Triton's NOT_FOUND, not UNAVAILABLE (which clients retry as an outage).
+    let e = c.model_infer(typed_request("", a.clone(), a.clone())).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("'add_sub' has no available versions"), "{e:?}");
+    let meta = pb::ModelMetadataRequest { name: "add_sub".into(), version: String::new() };
+    assert_eq!(c.model_metadata(meta).await.unwrap_err().code(), Code::NotFound);
 
     let load = |name: &str, parameters: HashMap<String, pb::ModelRepositoryParameter>| pb::RepositoryModelLoadRequest {
         repository_name: String::new(),

@@ -157,9 +157,19 @@ async fn http_end_to_end() {
     // Unload then load through the repository API.
     let r = c.post(format!("{base}/v2/repository/models/add_sub/unload")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Known but unloaded: not ready (503); inference, metadata and config answer Triton's 404.
     assert_eq!(c.get(format!("{base}/v2/models/add_sub/ready")).send().await.unwrap().status(), 503);
     let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&add_sub_body(1)).send().await.unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"].as_str().unwrap().starts_with("Request for unknown model: 'add_sub' has no available versions"),
+        "{e}"
+    );
+    for path in ["", "/config", "/versions/1", "/versions/1/config"] {
+        let r = c.get(format!("{base}/v2/models/add_sub{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "GET /v2/models/add_sub{path}");
+    }
     let r = c.post(format!("{base}/v2/repository/models/add_sub/load")).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&add_sub_body(1)).send().await.unwrap();
@@ -281,10 +291,10 @@ async fn poll_mode_follows_the_repository() {
     assert_eq!(e["state"], "READY");
     assert!(e["reason"].as_str().unwrap().contains("reload failed"), "{e}");
 
-    // A removed model is unloaded.
+    // A removed model is unloaded, and no repository holds it any more: unknown (400).
     std::fs::remove_dir_all(dir.path().join("strings")).unwrap();
     repo.poll().await;
-    assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 503);
+    assert_eq!(c.get(format!("{base}/v2/models/strings/ready")).send().await.unwrap().status(), 400);
     server.shutdown().await;
 }
 
@@ -300,5 +310,85 @@ async fn loading_an_unknown_model_leaves_no_record() {
     assert!(!index.as_array().unwrap().iter().any(|e| e["name"] == "ghost"), "{index}");
     let r = c.post(format!("{base}/v2/repository/models/ghost/unload")).send().await.unwrap();
     assert_eq!(r.status(), 404);
+    server.shutdown().await;
+}
+
+/// Writes `head` and `body` on a fresh connection and reads until the server closes it or a
+/// guard of 20 s passes (the guard only keeps a broken server from hanging the suite).
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn declared_oversize_body_is_refused_before_reading() {
+    let repo = standard_repo();
+    let cfg = ServerConfig { max_body_bytes: 1024, ..Default::default() };
+    let server = start_server(repo.path(), EngineOptions::default(), cfg).await;
+    let addr = server.http_addr;
+
+    // A terabyte declared, two bytes sent: 413 at once, and the connection closed (without the
+    // early answer this read would wait for the rest of the body until the guard).
+    let head = "POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 1099511627776\r\n\r\n";
+    let out = raw_exchange(addr, head, b"{}").await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("1099511627776 bytes") && out.contains("1024"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("connection: close"), "{out}");
+
+    // No declared length (chunked): cut off at the limit as it arrives.
+    let head = "POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n";
+    let chunk = "a".repeat(2000);
+    let body = format!("{:x}\r\n{chunk}\r\n0\r\n\r\n", chunk.len());
+    let out = raw_exchange(addr, head, body.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+
+    // More bytes than declared: the declared two are the body (a bad request for this model),
+    // and what follows is no request at all.
+    let head = "POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n";
+    let out = raw_exchange(addr, head, b"{}{\"inputs\": []}").await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn readiness_of_unknown_and_unloaded_models() {
+    let repo = standard_repo();
+    let server = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", server.http_addr);
+    let c = reqwest::Client::new();
+
+    // Unknown: Triton's 400 with an error, not a 5xx.
+    for path in ["/v2/models/nope/ready", "/v2/models/nope/versions/1/ready"] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"].as_str().unwrap().contains("unknown model: 'nope'"), "{e}");
+    }
+    // In the repository but failed to load: exists, not ready.
+    let r = c.get(format!("{base}/v2/models/broken/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"name": "broken", "ready": false}));
+    // Inference on it is Triton's 404, naming the model.
+    let r = c.post(format!("{base}/v2/models/broken/infer")).json(&add_sub_body(1)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("'broken' has no available versions"), "{e}");
     server.shutdown().await;
 }

@@ -181,7 +181,7 @@ async fn s3_repository_is_mirrored_served_and_followed() {
     // unloads it and it leaves the index.
     store.delete(&ObjectPath::from("models/strings/1/model.onnx")).await.unwrap();
     repo.poll().await;
-    assert_eq!(get("/v2/models/strings/ready".into()).await.status(), 503);
+    assert_eq!(get("/v2/models/strings/ready".into()).await.status(), 400);
     assert!(!mirror.join("strings").is_dir());
     let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
     assert!(index.as_array().unwrap().iter().all(|e| e["name"] != "strings"), "{index}");

@@ -105,7 +105,37 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/repository/models/{model}/unload", post(unload_model))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, refuse_declared_oversize))
         .with_state(state)
+}
+
+/// A request whose `Content-Length` declares more than the limit gets 413 before any of its
+/// body is read (as nginx does): reading first would leave a client that declared a terabyte
+/// and sent two bytes waiting until it gives up. Bodies without a declared length are still
+/// cut off by `DefaultBodyLimit` as they arrive.
+async fn refuse_declared_oversize(
+    State(max_body_bytes): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max_body_bytes as u64 => {
+            let mut resp = HttpError(ServeError::PayloadTooLarge(format!(
+                "request body of {n} bytes (Content-Length) exceeds the limit of {max_body_bytes} bytes \
+                 (--http-max-body-size)"
+            )))
+            .into_response();
+            // The unread body must not be taken for the next request on this connection.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> HttpError {
@@ -141,10 +171,18 @@ async fn model_metadata_v(
     metadata(&s, &model, Some(&version))
 }
 
+/// 200 when ready, 503 for a model that exists but is not ready (loading, unloaded, failed),
+/// and Triton's 400 with an error for a name no repository holds: a client reads 5xx as "the
+/// server is broken".
 fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
-    let ready = s.engine.model_ready(model, version);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "name": model, "ready": ready }))).into_response()
+    if s.engine.model_ready(model, version) {
+        return (StatusCode::OK, Json(json!({ "name": model, "ready": true }))).into_response();
+    }
+    if !s.engine.model_known(model) {
+        let e = ServeError::model_not_found(model, version);
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "name": model, "ready": false }))).into_response()
 }
 
 async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Response {
