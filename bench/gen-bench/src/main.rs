@@ -1,9 +1,12 @@
-//! `gen-bench`: LLM generation served by Sluice against the physical limit of this machine,
-//! candle's own quantized llama driven in-process with the same GGUF, prompt and settings
-//! (greedy, a fixed number of tokens), in interleaved rounds.
+//! `gen-bench`: LLM generation served by Sluice against two in-process references with the
+//! same GGUF, prompt and settings (greedy, a fixed number of tokens), in interleaved rounds.
 //!
-//! * in-process: time to first token (the prompt's forward pass) and decode tokens/s of one
-//!   sequence, as `candle_transformers::models::quantized_llama` runs it;
+//! * Sluice's own engine in-process (`sluice_llm::Generator`, no HTTP): one served stream over
+//!   this is the serving overhead;
+//! * stock candle in-process: time to first token (the prompt's forward pass) and decode
+//!   tokens/s of one sequence, as `candle_transformers::models::quantized_llama` runs it. It is
+//!   what a user would run without a server, not a limit of the machine: candle 0.11 has only a
+//!   portable Q4_1 dot product, Sluice its own AVX2 kernel, so served / candle compares kernels;
 //! * served: N concurrent streams over `/v1/completions` with `stream: true` (N = 1, 4, 8):
 //!   time to first token as the client sees it, decode tokens/s per stream, aggregate
 //!   tokens/s over all streams.
@@ -74,6 +77,34 @@ fn inprocess(model: &mut ModelWeights, prompt: &[u32], tokens: usize) -> Result<
     }
     let decode = t1.elapsed().as_secs_f64();
     Ok(Stream { ttft, rate: (tokens - 1) as f64 / decode, tokens, end: t0.elapsed().as_secs_f64() })
+}
+
+/// One sequence through Sluice's engine in-process, timed as a client of the stream would.
+async fn engine_inprocess(g: &sluice_llm::Generator, prompt: &[u32], tokens: usize) -> Result<Stream> {
+    let params =
+        sluice_llm::SamplingParams { max_tokens: tokens, temperature: 0.0, ignore_eos: true, ..Default::default() };
+    let sent = Instant::now();
+    let mut rx = g.submit(prompt.to_vec(), params).map_err(anyhow::Error::msg)?;
+    let (mut first, mut last, mut n) = (None, None, 0);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            sluice_llm::Event::Text(t) if !t.is_empty() => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = Some(now);
+            }
+            sluice_llm::Event::Text(_) => {}
+            sluice_llm::Event::Done(f) => n = f.completion_tokens,
+            sluice_llm::Event::Error(e) => bail!("engine: {e}"),
+        }
+    }
+    let (Some(first), Some(last)) = (first, last) else { bail!("no text generated") };
+    Ok(Stream {
+        ttft: (first - sent).as_secs_f64(),
+        rate: n.saturating_sub(1) as f64 / (last - first).as_secs_f64().max(1e-9),
+        tokens: n,
+        end: (last - sent).as_secs_f64(),
+    })
 }
 
 /// One streamed completion; times are measured from `start`.
@@ -195,6 +226,12 @@ async fn main() -> Result<()> {
     let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
     let mut model = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)?;
     inprocess(&mut model, &prompt, 8)?; // warm
+                                        // The same defaults the server gives a model directory without a config.
+    let opts =
+        sluice_llm::GeneratorOptions { max_num_seqs: 8, max_batched_tokens: 512, kv_tokens: 8 * 2048, max_queue: 64 };
+    let engine = sluice_llm::Generator::load("smollm", &path, &model_dir.join("tokenizer.json"), opts)
+        .map_err(anyhow::Error::msg)?;
+    engine_inprocess(&engine, &prompt, 8).await?; // warm
 
     let server = start_server(&bin, &model_dir).await?;
     let client = reqwest::Client::new();
@@ -209,12 +246,16 @@ async fn main() -> Result<()> {
 
     println!("prompt: {} tokens; {} tokens per stream; {} rounds", prompt.len(), args.tokens, args.rounds);
     let mut ip: Vec<Stream> = Vec::new();
+    let mut own: Vec<Stream> = Vec::new();
     // concurrency → per round: (ttft median, per-stream rate median, aggregate tokens/s)
     let mut sv: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); args.concurrency.len()];
     for round in 0..args.rounds {
         let s = inprocess(&mut model, &prompt, args.tokens)?;
         println!("round {round}: in-process ttft {:.1} ms, {:.1} tokens/s", s.ttft * 1e3, s.rate);
         ip.push(s);
+        let s = engine_inprocess(&engine, &prompt, args.tokens).await?;
+        println!("round {round}: Sluice engine in-process ttft {:.1} ms, {:.1} tokens/s", s.ttft * 1e3, s.rate);
+        own.push(s);
         for (i, &n) in args.concurrency.iter().enumerate() {
             let start = Instant::now();
             let tasks: Vec<_> =
@@ -241,11 +282,28 @@ async fn main() -> Result<()> {
     }
     let ip_rate = median(ip.iter().map(|s| s.rate).collect());
     let ip_ttft = median(ip.iter().map(|s| s.ttft).collect());
+    let own_rate = median(own.iter().map(|s| s.rate).collect());
+    let own_ttft = median(own.iter().map(|s| s.ttft).collect());
     println!("\nmedians over {} rounds", args.rounds);
-    println!("| run | time to first token | tokens/s per stream | aggregate tokens/s | vs in-process |");
+    println!("| run | time to first token | tokens/s per stream | aggregate tokens/s | vs candle in-process |");
     println!("|---|---|---|---|---|");
     println!("| candle in-process, 1 sequence | {:.0} ms | {ip_rate:.1} | {ip_rate:.1} | 1.00 |", ip_ttft * 1e3);
+    println!(
+        "| Sluice engine in-process, 1 sequence | {:.0} ms | {own_rate:.1} | {own_rate:.1} | {:.2} |",
+        own_ttft * 1e3,
+        own_rate / ip_rate
+    );
     let one = median(sv.first().map(|c| c.iter().map(|x| x.2).collect()).unwrap_or_default());
+    // The serving overhead: one served stream against the same engine without HTTP, per round.
+    let per_round = |f: fn(&Stream) -> f64, served: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+        sv.first().map(|c| c.iter().zip(&own).map(|(x, o)| served(x) / f(o)).collect()).unwrap_or_default()
+    };
+    let overhead_rate = median(per_round(|o| o.rate, |x| x.1));
+    let overhead_ttft = median(per_round(|o| o.ttft, |x| x.0));
+    println!(
+        "serving overhead, 1 stream / Sluice engine in-process (median of rounds): decode rate {overhead_rate:.3}, \
+         first token {overhead_ttft:.2}x"
+    );
     let mut rows = Vec::new();
     for (i, &n) in args.concurrency.iter().enumerate() {
         let ttft = median(sv[i].iter().map(|x| x.0).collect());
@@ -266,7 +324,15 @@ async fn main() -> Result<()> {
     }
     let result = json!({
         "prompt_tokens": prompt.len(), "tokens": args.tokens, "rounds": args.rounds,
-        "inprocess": {"ttft_ms": ip_ttft * 1e3, "tps": ip_rate}, "served": rows,
+        "inprocess": {"ttft_ms": ip_ttft * 1e3, "tps": ip_rate},
+        "engine_inprocess": {"ttft_ms": own_ttft * 1e3, "tps": own_rate},
+        "serving_overhead": {"decode_rate_ratio": overhead_rate, "ttft_ratio": overhead_ttft},
+        "rounds_detail": {
+            "candle": ip.iter().map(|s| json!({"ttft_ms": s.ttft * 1e3, "tps": s.rate})).collect::<Vec<_>>(),
+            "engine": own.iter().map(|s| json!({"ttft_ms": s.ttft * 1e3, "tps": s.rate})).collect::<Vec<_>>(),
+            "served": sv.iter().map(|c| c.iter().map(|x| json!({"ttft_ms": x.0 * 1e3, "per_stream_tps": x.1, "aggregate_tps": x.2})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        },
+        "served": rows,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
     println!("\nJSON: {}", out.display());
