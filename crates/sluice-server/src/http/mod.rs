@@ -50,6 +50,7 @@ pub fn status_of(e: &ServeError) -> StatusCode {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
+        crate::request_log::log_error(&self.0);
         let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
         if let ServeError::ResourceExhausted { retry_after_ms, .. } = &self.0 {
             let secs = retry_after_ms.div_ceil(1000).max(1);
@@ -74,7 +75,7 @@ struct AppState {
 /// The router of the inference port.
 pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluice_jobs::Jobs>>) -> Router {
     let state = AppState { engine, max_body_bytes, jobs };
-    Router::new()
+    let router = Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
@@ -105,7 +106,8 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/repository/models/{model}/unload", post(unload_model))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(state)
+        .with_state(state);
+    crate::request_log::instrument(router)
 }
 
 async fn not_found(uri: axum::http::Uri) -> HttpError {
@@ -248,6 +250,7 @@ async fn run_infer(
     } else {
         decode_request(model, version, body, header_len)?
     };
+    crate::request_log::record_v2_id(req.id.as_deref());
     let requested = req.outputs.clone();
     let answer = s.engine.infer_timed(req).await?;
     let (body, json_len) = encode_response(&answer.response, &requested, &enc);
