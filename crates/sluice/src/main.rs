@@ -1,5 +1,6 @@
 //! `sluice`: the command line of the Sluice model server.
 
+mod logging;
 mod models;
 
 /// Request buffers are allocated on tokio workers and freed on instance threads (and back);
@@ -24,6 +25,9 @@ Quick start:\n  sluice serve --model-repository ./examples/models\n  \
 curl localhost:8000/v2/models/add_sub"
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object a line (to stderr).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -206,9 +210,7 @@ impl JobArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
+    logging::init(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(serve(args)),
