@@ -6,6 +6,7 @@ pub mod generate;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+mod request_log;
 pub mod server;
 
 pub use engine::Engine;

@@ -1,6 +1,13 @@
-//! `sluice`: the command line of the Sluice model server.
+//! `sluice`: the command line of the Sluice model server, and its client.
 
+mod client;
+mod generate;
+mod infer;
+mod jobs;
+mod logging;
 mod models;
+mod npy;
+mod output;
 
 /// Request buffers are allocated on tokio workers and freed on instance threads (and back);
 /// glibc's malloc spent about a tenth of the server's CPU on that under load, mimalloc a fraction.
@@ -8,6 +15,7 @@ mod models;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,13 +25,21 @@ use sluice_server::{EngineOptions, JobsOptions, ServerConfig};
 #[command(
     name = "sluice",
     version,
-    about = "Sluice: a model server speaking the Open Inference Protocol (KServe V2 / Triton) over HTTP and gRPC",
-    long_about = "Sluice serves ONNX models from a Triton-style model repository over the Open Inference \
-Protocol (KServe V2), so tritonclient, perf_analyzer and curl work unchanged.\n\n\
+    about = "Sluice: a model server for ONNX and GGUF models over the Open Inference Protocol (KServe V2 / Triton), \
+HTTP and gRPC, and its command-line client",
+    long_about = "Sluice serves ONNX models (ONNX Runtime) and GGUF language models (candle, continuous batching) \
+from a Triton-style model repository over the Open Inference Protocol (KServe V2) on HTTP and gRPC, so \
+tritonclient, perf_analyzer and curl work unchanged. It also runs requests as asynchronous jobs (with signed \
+webhooks), streams generated tokens (SSE, gRPC), and answers OpenAI-compatible /v1 routes. The client \
+subcommands (models, infer, generate, jobs) talk to a running server.\n\n\
 Quick start:\n  sluice serve --model-repository ./examples/models\n  \
-curl localhost:8000/v2/models/add_sub"
+sluice infer iris '[[5.1,3.5,1.4,0.2]]'\n  \
+sluice generate smollm --chat \"What is the capital of France?\""
 )]
 struct Cli {
+    /// Log lines as text or as one JSON object a line (to stderr).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +53,12 @@ enum Command {
     Worker(WorkerArgs),
     /// List, inspect, load and unload the models of a running server.
     Models(models::ModelsArgs),
+    /// Run one inference request on a running server and print the outputs.
+    Infer(infer::InferArgs),
+    /// Generate text with a generative model of a running server, streamed as it comes.
+    Generate(generate::GenerateArgs),
+    /// Submit asynchronous jobs to a running server, and follow, wait for, cancel or list them.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,16 +226,34 @@ impl JobArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    logging::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
-        Command::Serve(args) => rt.block_on(serve(args)),
-        Command::Worker(args) => rt.block_on(worker(args)),
-        Command::Models(args) => models::finish(rt.block_on(models::run(args))),
+        Command::Serve(args) => exit_server(rt.block_on(serve(args))),
+        Command::Worker(args) => exit_server(rt.block_on(worker(args))),
+        Command::Models(args) => client::finish(rt.block_on(models::run(args))),
+        Command::Infer(args) => client::finish(rt.block_on(infer::run(args))),
+        Command::Generate(args) => client::finish(rt.block_on(generate::run(args))),
+        Command::Jobs(args) => client::finish(rt.block_on(jobs::run(args))),
+    }
+}
+
+/// What `fn main() -> anyhow::Result<()>` would print: the error with its causes.
+fn exit_server(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
     }
 }
 

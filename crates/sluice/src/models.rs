@@ -1,5 +1,5 @@
 //! `sluice models list|status|load|unload`: the model repository API of a running server, from
-//! the command line. Failures exit non-zero with the server's own message.
+//! the command line. Failures print the server's own message and exit as `client::Exit` says.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,11 +9,13 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use sluice_repository::config::{parse_model_config, ConfigFormat};
 
+use crate::client::{str_of, Client, ClientArgs};
+use crate::output::{shape, table};
+
 #[derive(Args)]
 pub struct ModelsArgs {
-    /// Base URL of the server's HTTP endpoint.
-    #[arg(long, global = true, env = "SLUICE_URL", default_value = "http://127.0.0.1:8000")]
-    url: String,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: ModelsCommand,
 }
@@ -50,20 +52,11 @@ enum ModelsCommand {
     },
 }
 
-/// Ends the command: on failure prints `error: <message>` (the server's own words) and exits 1.
-pub fn finish(result: anyhow::Result<()>) -> anyhow::Result<()> {
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
-    let client = Client { http: reqwest::Client::new(), base: args.url.trim_end_matches('/').to_string() };
+    let client = Client::new(&args.client);
     match args.command {
         ModelsCommand::List { ready } => {
-            let index = client.post("/v2/repository/index", json!({ "ready": ready })).await?;
+            let index = client.post("/v2/repository/index", &json!({ "ready": ready })).await?;
             print!("{}", index_table(index.as_array().map(Vec::as_slice).unwrap_or_default()));
             Ok(())
         }
@@ -73,49 +66,15 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 None => json!({}),
                 Some(path) => json!({ "parameters": { "config": config_json(path)? } }),
             };
-            client.post(&format!("/v2/repository/models/{name}/load"), body).await?;
+            client.post(&format!("/v2/repository/models/{name}/load"), &body).await?;
             println!("loaded {name}");
             Ok(())
         }
         ModelsCommand::Unload { name, unload_dependents } => {
             let body = json!({ "parameters": { "unload_dependents": unload_dependents } });
-            client.post(&format!("/v2/repository/models/{name}/unload"), body).await?;
+            client.post(&format!("/v2/repository/models/{name}/unload"), &body).await?;
             println!("unloaded {name}");
             Ok(())
-        }
-    }
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.answer(self.http.post(format!("{}{path}", self.base)).json(&body)).await
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.answer(self.http.get(format!("{}{path}", self.base))).await
-    }
-
-    /// The JSON answer, or the server's `error` message as the error.
-    async fn answer(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = req.send().await.map_err(|e| anyhow!("cannot reach the server at {}: {e}", self.base))?;
-        let status = resp.status();
-        let text = resp.text().await.with_context(|| format!("reading the answer from {}", self.base))?;
-        let value: Value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if status.is_success() {
-            return Ok(value);
-        }
-        match value.get("error").and_then(Value::as_str) {
-            Some(msg) => bail!("{msg} (HTTP {})", status.as_u16()),
-            None => bail!("the server answered HTTP {}: {value}", status.as_u16()),
         }
     }
 }
@@ -133,32 +92,6 @@ fn config_json(path: &Path) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&config)?)
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-/// A table with a header and columns as wide as their widest cell; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let all = std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>()).chain(rows.iter().cloned());
-    for r in all {
-        let last = r.len().saturating_sub(1);
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
-}
-
 fn index_table(entries: &[Value]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
@@ -173,11 +106,6 @@ fn index_table(entries: &[Value]) -> String {
         })
         .collect();
     table(&["NAME", "VERSION", "STATE", "REASON"], &rows)
-}
-
-fn shape(v: &Value) -> String {
-    let dims: Vec<String> = v.as_array().into_iter().flatten().map(|d| d.to_string()).collect();
-    format!("[{}]", dims.join(","))
 }
 
 fn tensors(v: &Value) -> String {
@@ -202,7 +130,7 @@ fn mean_ms(d: &Value) -> String {
 }
 
 async fn status(client: &Client, name: &str, version: Option<&str>) -> anyhow::Result<()> {
-    let index = client.post("/v2/repository/index", json!({})).await?;
+    let index = client.post("/v2/repository/index", &json!({})).await?;
     let entries: Vec<Value> =
         index.as_array().into_iter().flatten().filter(|e| str_of(e, "name") == name).cloned().collect();
     if entries.is_empty() {

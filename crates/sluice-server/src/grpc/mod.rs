@@ -84,6 +84,7 @@ pub async fn serve_with_limit(
         conn
     });
     tonic::transport::Server::builder()
+        .trace_fn(crate::request_log::grpc_span)
         .add_routes(routes_with(engine, max_message_bytes, Some(closing_rx)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -96,6 +97,7 @@ pub async fn serve_with_limit(
 /// (DEADLINE_EXCEEDED is left to the client's own gRPC deadline). A full queue is
 /// RESOURCE_EXHAUSTED with a `retry-after` (seconds) entry in the trailers.
 pub fn status_from(e: &ServeError) -> Status {
+    crate::request_log::log_error(e);
     match e {
         ServeError::NotFound(m) => Status::not_found(m),
         ServeError::Unavailable(m) => Status::unavailable(m),

@@ -199,7 +199,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // If the client goes away, tonic drops this future, and with it the queued request.
-        let resp = infer(&self.engine, request.into_inner()).await.map_err(|e| status_from(&e))?;
+        let request = request.into_inner();
+        crate::request_log::record_v2_id(Some(&request.id));
+        let resp = infer(&self.engine, request).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(resp))
     }
 

@@ -50,6 +50,7 @@ pub fn status_of(e: &ServeError) -> StatusCode {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = status_of(&self.0);
+        crate::request_log::log_error(&self.0);
         let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
         if let ServeError::ResourceExhausted { retry_after_ms, .. } = &self.0 {
             let secs = retry_after_ms.div_ceil(1000).max(1);
@@ -74,7 +75,7 @@ struct AppState {
 /// The router of the inference port.
 pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluice_jobs::Jobs>>) -> Router {
     let state = AppState { engine, max_body_bytes, jobs };
-    Router::new()
+    let router = Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
@@ -106,7 +107,8 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(max_body_bytes, refuse_declared_oversize))
-        .with_state(state)
+        .with_state(state);
+    crate::request_log::instrument(router)
 }
 
 /// A request whose `Content-Length` declares more than the limit gets 413 before any of its
@@ -286,6 +288,7 @@ async fn run_infer(
     } else {
         decode_request(model, version, body, header_len)?
     };
+    crate::request_log::record_v2_id(req.id.as_deref());
     let requested = req.outputs.clone();
     let answer = s.engine.infer_timed(req).await?;
     let (body, json_len) = encode_response(&answer.response, &requested, &enc);

@@ -37,7 +37,9 @@ fn error_body(e: &ServeError) -> Value {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let mut resp = (status_of(&self.0), Json(error_body(&self.0))).into_response();
+        let status = status_of(&self.0);
+        crate::request_log::log_error(&self.0);
+        let mut resp = (status, Json(error_body(&self.0))).into_response();
         if let ServeError::ResourceExhausted { retry_after_ms, .. } = &self.0 {
             let secs = retry_after_ms.div_ceil(1000).max(1);
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());

@@ -54,3 +54,63 @@ pub fn wait_http(url: &str) {
     }
     panic!("{url} never answered 200");
 }
+
+/// The folder of the real models: `SLUICE_MODELS`, else `$SLUICE_HOME/models`, else
+/// `~/.local/share/sluice/models`.
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SLUICE_MODELS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(h) = std::env::var_os("SLUICE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(h).join("models");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".local/share/sluice/models")
+}
+
+/// `<models_dir>/<name>`; a test that needs a real model fails, never skips, without it.
+pub fn real_model(name: &str) -> PathBuf {
+    let dir = models_dir().join(name);
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run scripts/setup.sh to fetch the real models, or set SLUICE_MODELS to the folder that \
+         holds {name}",
+        dir.display()
+    );
+    dir
+}
+
+/// `examples/models/<name>` copied into `dir`.
+pub fn example_model(dir: &Path, name: &str) {
+    let src = crates_dir().join("../examples/models").join(name);
+    copy_dir(&src, &dir.join(name));
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), to).unwrap();
+        }
+    }
+}
+
+/// A `.npy` file as `np.save` writes it (format 1.0): `descr` such as `<f4`, C order.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
