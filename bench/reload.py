@@ -2,8 +2,8 @@
 """How long a reload of the real spam-accurate model takes, and what it does to request latency.
 
 Starts `target/release/sluice` on a temporary repository holding spam-accurate (a symlink to
-../shared/models/spam-accurate/model.onnx and a config with dynamic batching and ragged
-inputs), drives it with closed-loop HTTP clients posting one fixed tokenized email, and after a
+spam-accurate/model.onnx in $SLUICE_MODELS, which scripts/setup.sh fills, and a config with
+dynamic batching and ragged inputs), drives it with closed-loop HTTP clients posting one fixed tokenized email, and after a
 steady-state window reloads the model several times through the repository API
 (`POST /v2/repository/models/spam-accurate/load`). It reports:
 
@@ -61,6 +61,13 @@ model_warmup [ {
   inputs { key: "attention_mask" value: { data_type: TYPE_INT64 dims: [ %d ] input_data_file: "mask.bin" } }
 } ]
 """
+
+
+def models_dir():
+    """$SLUICE_MODELS, else $SLUICE_HOME/models, else ~/.local/share/sluice/models."""
+    if os.environ.get("SLUICE_MODELS"):
+        return Path(os.environ["SLUICE_MODELS"])
+    return Path(os.environ.get("SLUICE_HOME") or os.path.expanduser("~/.local/share/sluice")) / "models"
 
 
 def free_port():
@@ -126,7 +133,7 @@ class Load:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sluice", default=str(ROOT / "target/release/sluice"))
-    ap.add_argument("--model", default=str(ROOT.parent / "shared/models/spam-accurate/model.onnx"))
+    ap.add_argument("--model", default=str(models_dir() / "spam-accurate/model.onnx"))
     ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
@@ -136,6 +143,8 @@ def main():
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
 
+    if not Path(args.model).is_file():
+        sys.exit(f"{args.model} does not exist: run scripts/setup.sh (it fills $SLUICE_MODELS) or pass --model")
     tokens = email_tokens(args.tokens)
     tmp = Path(tempfile.mkdtemp(prefix="sluice-reload-"))
     mdir = tmp / "models" / MODEL

@@ -268,21 +268,28 @@ Example request:
     curl -s localhost:8000/v2/models/iris/infer -d '{"inputs":[{"name":"input","shape":[1,4],
       "datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}'
 
-## Serving the real models from `../shared/models`
+## Serving the real models of `$SLUICE_MODELS`
 
-The real, pretrained models are not copied into this repository. `scripts/make_shared_repo.sh DIR`
-builds a model repository in `DIR` (anywhere outside `../shared`) whose model files are symlinks
-into the shared folder, with a config for each:
+The real, pretrained models are not copied into this repository: `scripts/setup.sh` puts them
+in one folder, `$SLUICE_MODELS` (default `$SLUICE_HOME/models`, i.e.
+`~/.local/share/sluice/models`), linked from a shared copy when there is one beside the
+repository and otherwise rebuilt from the public PyPI and npm packages they come from
+(`scripts/fetch_models.py`). `scripts/make_models_repo.sh DIR` builds a model repository in
+`DIR` (anywhere outside the models folder) whose model files are symlinks into that folder,
+with a config for each:
 
-    scripts/make_shared_repo.sh /tmp/sluice-models
+    scripts/make_models_repo.sh /tmp/sluice-models
     sluice serve --model-repository /tmp/sluice-models
 
-The shared folder is found as `$(dirname <repo root>)/shared/models`; set `SLUICE_SHARED_MODELS`
-to point elsewhere.
+It serves `spam-fast`, `spam-accurate`, `spam-text` (spam-fast taking text) and `smollm`
+(SmolLM2-135M-Instruct), plus `efficientnet-lite0` when the models folder has it: a folder rebuilt
+from packages does not (it was converted with torch, and no test needs it).
 
 | model | inputs | outputs | config |
 |---|---|---|---|
 | `spam-fast`, `spam-accurate` (MiniLM encoder + logistic head, int8) | `input_ids`, `attention_mask` INT64 `[batch, seq]` | `probabilities` FP32 `[batch, 2]` (ham, spam), `label` INT64 `[batch]` | `max_batch_size: 32`, inputs `dims: [-1]`, `label` `dims: [1]` + `reshape: { shape: [] }`, dynamic batching; `tokenizer.json` and `labels.txt` linked beside the config |
+| `spam-text` (spam-fast taking text) | `TEXT` BYTES `[batch, 1]` (the server tokenizes with `tokenizer.json`, truncation 128) | as `spam-fast`; ask for `probabilities` with `"parameters": {"classification": 1}` to get `"score:index:label"` | as `spam-fast`, plus `parameters` `text_input: TEXT`, `max_sequence_length: 128` |
+| `smollm` (SmolLM2-135M-Instruct, GGUF Q4_1) | `text_input` BYTES `[1]`, optional `sampling_parameters` BYTES `[1]` (JSON) | `text_output` BYTES `[1]` | none: `1/model.gguf` and `tokenizer.json` linked, served by the `candle` backend with continuous batching; also `generate`, `generate_stream` and the OpenAI `/v1` API ([docs/generation.md](../../docs/generation.md)) |
 | `efficientnet-lite0` (ImageNet-1k) | `input` FP32 `[N, 3, 224, 224]` (RGB, centre crop, (x − 127) / 128) | `logits` FP32 `[N, 1000]` | `max_batch_size: 8`, `dims: [3, 224, 224]`, dynamic batching; `labels.txt` linked |
 """
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (what CI runs through .ci/run):
-#   setup (venv, libonnxruntime, perf_analyzer; no build), rustfmt, clippy, cargo tests,
-#   and the Python conformance suite against the real binary.
+#   setup (packages, venv, libonnxruntime, perf_analyzer, the real models; no build), rustfmt,
+#   clippy, cargo tests, and the Python conformance suite against the real binary.
+# The real models are found through SLUICE_MODELS (default $SLUICE_HOME/models, which setup
+# fills); the Redis tests use a redis-server on 127.0.0.1:6379, started here when none answers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,6 +17,7 @@ step "setup (scripts/setup.sh --no-build)"
 bash scripts/setup.sh --no-build
 
 export SLUICE_HOME="${SLUICE_HOME:-$HOME/.local/share/sluice}"
+export SLUICE_MODELS="${SLUICE_MODELS:-$SLUICE_HOME/models}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$SLUICE_HOME/lib/libonnxruntime.so}"
 # The conformance suite drives the debug build that `cargo test` already compiled: a release
 # build would double CI time and the suite checks behaviour, not speed.
@@ -25,6 +28,21 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+# sluice-jobs' Redis store tests talk to 127.0.0.1:6379. A Debian install starts the service;
+# a container without systemd does not, so start one for the run.
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+    step "redis-server on 127.0.0.1:6379 (for this run)"
+    redis_dir="$(mktemp -d)"
+    redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --dir "$redis_dir" >"$redis_dir/log" 2>&1 &
+    redis_pid=$!
+    trap 'kill "$redis_pid" 2>/dev/null || true; rm -rf "$redis_dir"' EXIT
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break
+        kill -0 "$redis_pid" 2>/dev/null || { cat "$redis_dir/log" >&2; exit 1; }
+        sleep 0.1
+    done
+fi
 
 step "cargo test"
 cargo test --workspace

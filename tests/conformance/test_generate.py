@@ -2,33 +2,31 @@
 Sluice) whole and streamed, tritonclient gRPC `start_stream` / `async_stream_infer` getting one
 response per piece of text (decoupled), and raw SSE from generate_stream.
 
-The model is SmolLM2-135M-Instruct (GGUF) from ../shared/models, served from a model directory
-that holds only `1/model.gguf` and `tokenizer.json` (no config).
+The model is SmolLM2-135M-Instruct (GGUF) of $SLUICE_MODELS (scripts/setup.sh fills it), served
+from a model directory that holds only `1/model.gguf` and `tokenizer.json` (no config).
 """
 
 from __future__ import annotations
 
 import json
 import queue
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from v2util import model_path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "smollm2-135m-instruct"
 FRANCE = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 ANSWER = "The capital of France is Paris."
 
 
 @pytest.fixture(scope="module")
 def llm(start_sluice, tmp_path_factory):
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is needed by the generation tests", pytrace=False)
+    model = model_path("smollm2-135m-instruct")
     repo = tmp_path_factory.mktemp("llm-repo")
     (repo / "smollm" / "1").mkdir(parents=True)
-    (repo / "smollm" / "1" / "model.gguf").symlink_to(SHARED / "model.gguf")
-    (repo / "smollm" / "tokenizer.json").symlink_to(SHARED / "tokenizer.json")
+    (repo / "smollm" / "1" / "model.gguf").symlink_to(model / "model.gguf")
+    (repo / "smollm" / "tokenizer.json").symlink_to(model / "tokenizer.json")
     return start_sluice("--model-repository", str(repo), name="sluice-llm")
 
 

@@ -215,8 +215,10 @@ def test_stream_error_keeps_stream_open(grpc_url):
 
 
 def test_grpc_health_check(grpc_url):
-    health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2", reason="grpcio-health-checking not installed")
-    health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError as e:
+        pytest.fail(f"grpcio-health-checking is not installed ({e}): run scripts/setup.sh", pytrace=False)
     with grpc.insecure_channel(grpc_url) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

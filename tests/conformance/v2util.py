@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +20,27 @@ HTTP_NOT_FOUND = "404"
 HTTP_BAD_REQUEST = "400"
 GRPC_NOT_FOUND = "StatusCode.NOT_FOUND"
 GRPC_INVALID_ARGUMENT = "StatusCode.INVALID_ARGUMENT"
+
+
+def models_dir() -> Path:
+    """The real models' folder: $SLUICE_MODELS, else $SLUICE_HOME/models, else
+    ~/.local/share/sluice/models (scripts/setup.sh fills it)."""
+    if os.environ.get("SLUICE_MODELS"):
+        return Path(os.environ["SLUICE_MODELS"])
+    home = os.environ.get("SLUICE_HOME") or os.path.expanduser("~/.local/share/sluice")
+    return Path(home) / "models"
+
+
+def model_path(rel: str) -> Path:
+    """`rel` inside the models folder; a missing model fails the test (never skips it)."""
+    path = models_dir() / rel
+    if not path.exists():
+        pytest.fail(
+            f"{path} does not exist: the real models are missing. Run `bash scripts/setup.sh` "
+            "or set SLUICE_MODELS to a folder that holds them",
+            pytrace=False,
+        )
+    return path
 
 
 def add_sub_data(rows: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ struct Args {
     /// The Sluice binary (default: <repo root>/target/release/sluice).
     #[arg(long)]
     sluice_bin: Option<PathBuf>,
-    /// The SmolLM2 model folder (default: <repo root>/../shared/models/smollm2-135m-instruct).
+    /// The SmolLM2 model folder (default: smollm2-135m-instruct in $SLUICE_MODELS, which
+    /// scripts/setup.sh fills).
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Tokens generated per stream (end of sequence ignored, so every run is this long).
@@ -214,7 +215,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let root = repo_root();
-    let model_dir = args.model_dir.clone().unwrap_or_else(|| root.join("../shared/models/smollm2-135m-instruct"));
+    let model_dir = match args.model_dir.clone() {
+        Some(dir) => dir,
+        None => sluice_test_models::try_model_path("smollm2-135m-instruct").map_err(anyhow::Error::msg)?,
+    };
     let bin = args.sluice_bin.clone().unwrap_or_else(|| root.join("target/release/sluice"));
     let prompt_text = format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", args.question);
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(anyhow::Error::msg)?;

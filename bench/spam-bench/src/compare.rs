@@ -1,5 +1,5 @@
 //! `compare`: issue 3's whole table in one run. Starts `sluice serve` on free ports over a
-//! temporary model repository (symlinks to the shared models, configs written here), then runs
+//! temporary model repository (symlinks into the models folder, configs written here), then runs
 //! every cell once per round, rounds interleaved so that machine noise hits every cell alike,
 //! and reports medians over rounds and medians of per-round ratios.
 
@@ -336,8 +336,8 @@ fn queue_delay(config: &str) -> String {
     }
 }
 
-/// Writes the model repository: spam models linked from `shared`, add_sub from the examples.
-fn write_repository(dir: &Path, shared: &Path, args: &CompareArgs, threads: usize) -> Result<()> {
+/// Writes the model repository: spam models linked from `models`, add_sub from the examples.
+fn write_repository(dir: &Path, models: &Path, args: &CompareArgs, threads: usize) -> Result<()> {
     let fixed = Batching::Fixed { delay_us: args.delay_us, max_batch: None };
     let adaptive = Batching::Adaptive { max_p99_ms: args.adaptive_p99_ms };
     let spam = [
@@ -353,7 +353,7 @@ fn write_repository(dir: &Path, shared: &Path, args: &CompareArgs, threads: usiz
         (FAST_ADAPTIVE, "spam-fast", adaptive),
     ];
     for (name, src, batching) in spam {
-        symlink(&shared.join(src).join("model.onnx"), &dir.join(name).join("1/model.onnx"))?;
+        symlink(&models.join(src).join("model.onnx"), &dir.join(name).join("1/model.onnx"))?;
         fs::write(dir.join(name).join("config.pbtxt"), inprocess::spam_pbtxt(name, threads, &batching))?;
     }
     let examples = repo_root().join("examples/models/add_sub");
@@ -410,7 +410,7 @@ pub fn sluice_bin(given: Option<&Path>) -> Result<PathBuf> {
 
 pub fn run(
     args: CompareArgs,
-    shared: &Path,
+    models: &Path,
     ort_lib: Option<&Path>,
     limit: Option<usize>,
     client_threads: usize,
@@ -419,7 +419,7 @@ pub fn run(
     let bin = sluice_bin(args.sluice_bin.as_deref())?;
     let started = Instant::now();
     eprintln!("tokenizing the emails...");
-    let emails = data::emails(shared, "spam-accurate", limit)?;
+    let emails = data::emails(models, "spam-accurate", limit)?;
     let (mean_len, median_len, capped) = data::length_summary(&emails);
     eprintln!(
         "{} emails, tokens mean {mean_len:.1}, median {median_len}, {:.0}% at the 128 cap",
@@ -427,11 +427,11 @@ pub fn run(
         capped * 100.0
     );
     let lib = inprocess::init_ort(ort_lib)?;
-    let mut instance = inprocess::load(shared, "spam-accurate", threads)?;
+    let mut instance = inprocess::load(models, "spam-accurate", threads)?;
 
     let tmp = tempfile::Builder::new().prefix("spam-bench-").tempdir()?;
     let repo = tmp.path().join("models");
-    write_repository(&repo, shared, &args, threads)?;
+    write_repository(&repo, models, &args, threads)?;
     let rt = runtime(client_threads)?;
     let mut server = Server::start(&bin, &repo, &lib, threads, tmp.path().join("sluice.log"))?;
     // Models that did not load (only OPTIONAL ones may fail), with the server's reason.

@@ -15,8 +15,8 @@ pub const MAX_CHARS: usize = 1000;
 
 /// The emails' texts: `spamassassin.jsonl` (`(subject + ". " + body)[:1000]`), else the `text`
 /// field of `samples.jsonl`.
-pub fn load_texts(shared: &Path) -> Result<Vec<String>> {
-    let dir = shared.join("datasets/spamassassin");
+pub fn load_texts(models: &Path) -> Result<Vec<String>> {
+    let dir = models.join("datasets/spamassassin");
     let full = dir.join("spamassassin.jsonl");
     let (file, from_samples) = if full.is_file() { (full, false) } else { (dir.join("samples.jsonl"), true) };
     let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -66,8 +66,8 @@ pub fn shuffle<T>(items: &mut [T]) {
 }
 
 /// The emails' texts in the benchmarks' fixed shuffled order, the first `limit` of them.
-pub fn texts(shared: &Path, limit: Option<usize>) -> Result<Vec<String>> {
-    let mut texts = load_texts(shared)?;
+pub fn texts(models: &Path, limit: Option<usize>) -> Result<Vec<String>> {
+    let mut texts = load_texts(models)?;
     shuffle(&mut texts);
     if let Some(n) = limit {
         texts.truncate(n.max(1));
@@ -76,8 +76,8 @@ pub fn texts(shared: &Path, limit: Option<usize>) -> Result<Vec<String>> {
 }
 
 /// Loads, shuffles and tokenizes the emails: the token ids of [`texts`], in the same order.
-pub fn emails(shared: &Path, model: &str, limit: Option<usize>) -> Result<Vec<Vec<i64>>> {
-    tokenize(&shared.join(model).join("tokenizer.json"), &texts(shared, limit)?)
+pub fn emails(models: &Path, model: &str, limit: Option<usize>) -> Result<Vec<Vec<i64>>> {
+    tokenize(&models.join(model).join("tokenizer.json"), &texts(models, limit)?)
 }
 
 /// Token count summary: (mean, median, share at the 128 cap).

@@ -30,7 +30,7 @@ pub enum Batching {
     },
 }
 
-/// The served config of a spam model (`config.pbtxt`), as `scripts/make_shared_repo.sh` writes
+/// The served config of a spam model (`config.pbtxt`), as `scripts/make_models_repo.sh` writes
 /// it, with `allow_ragged_batch` on the token inputs and an explicit intra-op thread count.
 pub fn spam_pbtxt(name: &str, threads: usize, batching: &Batching) -> String {
     let dynamic = match batching {
@@ -115,9 +115,9 @@ pub fn init_ort(explicit: Option<&Path>) -> Result<PathBuf> {
     Ok(lib)
 }
 
-/// Loads `shared/<model>/model.onnx` through Sluice's ONNX backend.
-pub fn load(shared: &Path, model: &str, threads: usize) -> Result<Box<dyn ModelInstance>> {
-    let dir = shared.join(model);
+/// Loads `<models folder>/<model>/model.onnx` through Sluice's ONNX backend.
+pub fn load(models: &Path, model: &str, threads: usize) -> Result<Box<dyn ModelInstance>> {
+    let dir = models.join(model);
     let files = ModelFiles { model_dir: dir.clone(), version_dir: dir.clone(), model_path: dir.join("model.onnx") };
     let config = spam_config(model, threads)?;
     OnnxBackend::new(threads).load(&config, &files, 0).map_err(|e| anyhow!("{e}"))

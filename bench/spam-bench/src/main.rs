@@ -33,9 +33,10 @@ use crate::load::{Phase, Target, Transport, Workload};
     about = "Sluice on the real spam classifiers: in-process limit, served load, comparison"
 )]
 struct Cli {
-    /// The shared models folder (default: <repo root>/../shared/models).
+    /// The models folder (default: $SLUICE_MODELS, else $SLUICE_HOME/models, else
+    /// ~/.local/share/sluice/models; scripts/setup.sh fills it).
     #[arg(long, global = true)]
-    shared: Option<PathBuf>,
+    models: Option<PathBuf>,
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, $SLUICE_HOME/lib, python3's onnxruntime).
     #[arg(long, global = true)]
     onnxruntime_lib: Option<PathBuf>,
@@ -151,13 +152,13 @@ fn repo_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-fn shared_dir(cli: Option<&Path>) -> Result<PathBuf> {
+fn models_dir(cli: Option<&Path>) -> Result<PathBuf> {
     let dir = match cli {
         Some(d) => d.to_path_buf(),
-        None => repo_root().join("../shared/models"),
+        None => sluice_test_models::models_dir(),
     };
     if !dir.is_dir() {
-        bail!("shared models folder not found: {} (use --shared DIR)", dir.display());
+        bail!("models folder not found: {} (run scripts/setup.sh to fill it, or pass --models DIR)", dir.display());
     }
     Ok(dir.canonicalize().unwrap_or(dir))
 }
@@ -177,13 +178,13 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let shared = shared_dir(cli.shared.as_deref())?;
+    let models = models_dir(cli.models.as_deref())?;
     match cli.command {
         Command::Inprocess(a) => {
             let threads = a.threads.unwrap_or_else(cpus);
-            let emails = data::emails(&shared, a.model.dir(), cli.emails)?;
+            let emails = data::emails(&models, a.model.dir(), cli.emails)?;
             inprocess::init_ort(cli.onnxruntime_lib.as_deref())?;
-            let mut instance = inprocess::load(&shared, a.model.dir(), threads)?;
+            let mut instance = inprocess::load(&models, a.model.dir(), threads)?;
             let runs = inprocess::sweep(instance.as_mut(), &emails, &a.batch_sizes, a.seconds)?;
             inprocess::print_sweep(a.model.dir(), threads, &runs);
             Ok(())
@@ -198,7 +199,7 @@ fn main() -> Result<()> {
             let wl = match kind {
                 WorkloadKind::AddSub => Workload::add_sub(&a.model, transport)?,
                 _ => {
-                    let emails = data::emails(&shared, SpamModel::SpamAccurate.dir(), cli.emails)?;
+                    let emails = data::emails(&models, SpamModel::SpamAccurate.dir(), cli.emails)?;
                     Workload::spam(&a.model, transport, &emails)?
                 }
             };
@@ -233,10 +234,10 @@ fn main() -> Result<()> {
                 Ok(())
             })
         }
-        Command::Compare(a) => compare::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads),
+        Command::Compare(a) => compare::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads),
         Command::TextVsIds(a) => {
-            text_ids::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
+            text_ids::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
         }
-        Command::PaHalfLoad(a) => pa::run(a, &shared, cli.onnxruntime_lib.as_deref(), cli.emails),
+        Command::PaHalfLoad(a) => pa::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails),
     }
 }

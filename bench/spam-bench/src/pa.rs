@@ -202,7 +202,7 @@ fn run_perf_analyzer(
     })
 }
 
-pub fn run(args: PaArgs, shared: &Path, ort_lib: Option<&Path>, limit: Option<usize>) -> Result<()> {
+pub fn run(args: PaArgs, models: &Path, ort_lib: Option<&Path>, limit: Option<usize>) -> Result<()> {
     let threads = args.threads.unwrap_or_else(cpus);
     let bin = sluice_bin(args.sluice_bin.as_deref())?;
     let pa = args.perf_analyzer.clone().unwrap_or_else(default_perf_analyzer);
@@ -210,9 +210,9 @@ pub fn run(args: PaArgs, shared: &Path, ort_lib: Option<&Path>, limit: Option<us
         bail!("{} not found: bash scripts/setup.sh installs perf_analyzer (or --perf-analyzer)", pa.display());
     }
     let started = Instant::now();
-    let emails = data::emails(shared, "spam-accurate", limit)?;
+    let emails = data::emails(models, "spam-accurate", limit)?;
     let lib = inprocess::init_ort(ort_lib)?;
-    let mut instance = inprocess::load(shared, "spam-accurate", threads)?;
+    let mut instance = inprocess::load(models, "spam-accurate", threads)?;
 
     let tmp = tempfile::Builder::new().prefix("spam-bench-pa-").tempdir()?;
     fs::write(tmp.path().join("input.json"), input_data(&emails).to_string())?;
@@ -222,7 +222,7 @@ pub fn run(args: PaArgs, shared: &Path, ort_lib: Option<&Path>, limit: Option<us
         (ADAPTIVE, Batching::Adaptive { max_p99_ms: args.adaptive_p99_ms }),
     ];
     for (name, batching) in &configs {
-        symlink(&shared.join("spam-accurate/model.onnx"), &repo.join(name).join("1/model.onnx"))?;
+        symlink(&models.join("spam-accurate/model.onnx"), &repo.join(name).join("1/model.onnx"))?;
         fs::write(repo.join(name).join("config.pbtxt"), inprocess::spam_pbtxt(name, threads, batching))?;
     }
     let rt = runtime(1)?;

@@ -1,5 +1,5 @@
 //! `text-vs-ids`: what server-side tokenization costs. Starts `sluice serve` on a repository
-//! made by `scripts/make_shared_repo.sh` and drives, interleaved, the same emails in the same
+//! made by `scripts/make_models_repo.sh` and drives, interleaved, the same emails in the same
 //! order as (a) raw text to `spam-text` (the server tokenizes with the model's `tokenizer.json`,
 //! truncating to 128 tokens) and (b) token ids tokenized here, truncated to 128 the same way, to
 //! `spam-fast` (the same ONNX file). Both modes run the same model on the same tokens, so the
@@ -20,7 +20,7 @@ use crate::load::{self, LoadResult, Phase, Target, Transport, Workload};
 use crate::stats::{median, num};
 use crate::{cpus, data, repo_root, runtime, write_results};
 
-/// The models of `scripts/make_shared_repo.sh` compared here.
+/// The models of `scripts/make_models_repo.sh` compared here.
 const IDS_MODEL: &str = "spam-fast";
 const TEXT_MODEL: &str = "spam-text";
 /// The BYTES input `spam-text` declares (`text_input` in its config).
@@ -82,7 +82,7 @@ impl Mode {
 }
 
 /// Adds `allow_ragged_batch: true` to the `dims: [ -1 ]` inputs of a config written by
-/// `scripts/make_shared_repo.sh` (outputs untouched).
+/// `scripts/make_models_repo.sh` (outputs untouched).
 fn ragged_inputs(config: &str) -> Result<String> {
     let start = config.find("\ninput [").ok_or_else(|| anyhow!("config has no input block"))?;
     let end = start + config[start..].find("\noutput [").ok_or_else(|| anyhow!("config has no output block"))?;
@@ -95,13 +95,13 @@ fn ragged_inputs(config: &str) -> Result<String> {
     Ok(format!("{}{inputs}{}", &config[..start], &config[end..]))
 }
 
-/// Runs `scripts/make_shared_repo.sh DIR` over `shared`.
-fn make_repository(dir: &Path, shared: &Path) -> Result<()> {
-    let script = repo_root().join("scripts/make_shared_repo.sh");
+/// Runs `scripts/make_models_repo.sh DIR` over `models`.
+fn make_repository(dir: &Path, models: &Path) -> Result<()> {
+    let script = repo_root().join("scripts/make_models_repo.sh");
     let out = Command::new("bash")
         .arg(&script)
         .arg(dir)
-        .env("SLUICE_SHARED_MODELS", shared)
+        .env("SLUICE_MODELS", models)
         .output()
         .with_context(|| format!("cannot run {}", script.display()))?;
     if !out.status.success() {
@@ -181,7 +181,7 @@ impl Results {
 
 pub fn run(
     args: TextVsIdsArgs,
-    shared: &Path,
+    models: &Path,
     ort_lib: Option<&Path>,
     limit: Option<usize>,
     client_threads: usize,
@@ -193,8 +193,8 @@ pub fn run(
     }
     let started = Instant::now();
     eprintln!("tokenizing the emails...");
-    let texts = data::texts(shared, limit)?;
-    let ids = data::tokenize(&shared.join(IDS_MODEL).join("tokenizer.json"), &texts)?;
+    let texts = data::texts(models, limit)?;
+    let ids = data::tokenize(&models.join(IDS_MODEL).join("tokenizer.json"), &texts)?;
     let (mean_len, median_len, capped) = data::length_summary(&ids);
     let mean_text = texts.iter().map(String::len).sum::<usize>() as f64 / texts.len() as f64;
     eprintln!(
@@ -208,13 +208,13 @@ pub fn run(
 
     let tmp = tempfile::Builder::new().prefix("spam-bench-text-").tempdir()?;
     let repo = tmp.path().join("models");
-    make_repository(&repo, shared)?;
+    make_repository(&repo, models)?;
     let ids_config_path = repo.join(IDS_MODEL).join("config.pbtxt");
     let ids_config = if args.script_config {
-        "as scripts/make_shared_repo.sh writes it (no allow_ragged_batch)"
+        "as scripts/make_models_repo.sh writes it (no allow_ragged_batch)"
     } else {
         fs::write(&ids_config_path, ragged_inputs(&fs::read_to_string(&ids_config_path)?)?)?;
-        "scripts/make_shared_repo.sh's, with allow_ragged_batch: true on input_ids and attention_mask"
+        "scripts/make_models_repo.sh's, with allow_ragged_batch: true on input_ids and attention_mask"
     };
     let rt = runtime(client_threads)?;
     let mut server = Server::start(&bin, &repo, &lib, threads, tmp.path().join("sluice.log"))?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use sluice_llm::model::{Chunk, KvCache, Llama};
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/smollm2-135m-instruct");
+    let dir = sluice_test_models::model_path("smollm2-135m-instruct");
     let (m, _) = Llama::load(&dir.join("model.gguf")).unwrap();
     let prompt: Vec<u32> = (100..140).collect();
     for b in std::env::args().skip(1).map(|a| a.parse::<usize>().unwrap()).collect::<Vec<_>>() {

@@ -1,4 +1,4 @@
-//! The generative model on the real SmolLM2-135M-Instruct GGUF from ../shared/models: the same
+//! The generative model on the real SmolLM2-135M-Instruct GGUF of $SLUICE_MODELS: the same
 //! logits as candle's own quantized llama, the same logits whether a sequence runs alone or
 //! batched with others, and the generator's streams (greedy answer, stop, length, cancel).
 
@@ -11,7 +11,7 @@ use sluice_llm::model::{Chunk, KvCache, Llama};
 use sluice_llm::{Event, FinishReason, Generator, GeneratorOptions, Message, SamplingParams};
 
 fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/smollm2-135m-instruct")
+    sluice_test_models::model_path("smollm2-135m-instruct")
 }
 
 const PROMPT: &str = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";

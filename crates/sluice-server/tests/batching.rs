@@ -1,5 +1,5 @@
-//! Ragged batching end to end with a real model: the spam-accurate MiniLM classifier from the
-//! shared models directory, fed real emails tokenized to their own lengths (fixture made by
+//! Ragged batching end to end with a real model: the spam-accurate MiniLM classifier of
+//! $SLUICE_MODELS, fed real emails tokenized to their own lengths (fixture made by
 //! `tests/data/make_spam_samples.py`). Requests of different lengths share executions; the
 //! server pads each batch to its longest request.
 
@@ -26,26 +26,10 @@ output [
 dynamic_batching { max_queue_delay_microseconds: 20000 }
 "#;
 
-/// `../shared/models` next to the workspace, or `$SLUICE_SHARED_MODELS`. Missing is a failure:
-/// this test is about the real model.
-fn shared_models() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_SHARED_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models"));
-    let model = dir.join("spam-accurate/model.onnx");
-    assert!(
-        model.is_file(),
-        "the shared spam-accurate model is missing: {} does not exist (set SLUICE_SHARED_MODELS to the shared \
-         models directory)",
-        model.display()
-    );
-    dir
-}
-
-/// A model repository holding spam-accurate (linked from the shared directory) with the ragged
+/// A model repository holding spam-accurate (linked from the models folder) with the ragged
 /// config above.
 fn spam_repo() -> tempfile::TempDir {
-    let src = shared_models().join("spam-accurate/model.onnx");
+    let src = sluice_test_models::model_path("spam-accurate/model.onnx");
     let dir = tempfile::tempdir().unwrap();
     let vdir = dir.path().join("spam-accurate/1");
     std::fs::create_dir_all(&vdir).unwrap();
@@ -67,17 +51,31 @@ struct Sample {
     input_ids: Vec<i64>,
 }
 
+/// The fixture's emails with the batch-1 p(spam) of the spam-accurate model beside them in the
+/// models folder (a copy rebuilt from packages answers slightly differently from the shared one).
 fn samples() -> Vec<Sample> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/spam_samples.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let expected_path = sluice_test_models::model_path("datasets/spamassassin/samples.jsonl");
+    let expected: Vec<Value> =
+        std::fs::read_to_string(&expected_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     v.as_array()
         .unwrap()
         .iter()
-        .map(|s| Sample {
-            id: s["id"].as_str().unwrap().to_string(),
-            spam: s["label"] == "spam",
-            accurate_p_spam: s["accurate_p_spam"].as_f64().unwrap(),
-            input_ids: s["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+        .map(|s| {
+            let e = &expected[s["line"].as_u64().unwrap() as usize];
+            assert_eq!(
+                (&e["id"], &e["label"]),
+                (&s["id"], &s["label"]),
+                "{} does not hold the fixture's emails",
+                expected_path.display()
+            );
+            Sample {
+                id: s["id"].as_str().unwrap().to_string(),
+                spam: s["label"] == "spam",
+                accurate_p_spam: e["accurate_p_spam"].as_f64().unwrap(),
+                input_ids: s["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect(),
+            }
         })
         .collect()
 }

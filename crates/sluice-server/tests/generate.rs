@@ -1,25 +1,19 @@
-//! Generation over HTTP with the real SmolLM2-135M-Instruct GGUF from ../shared/models, served
+//! Generation over HTTP with the real SmolLM2-135M-Instruct GGUF of $SLUICE_MODELS, served
 //! from a model directory with no config: Triton's generate and generate_stream (raw SSE), the
 //! OpenAI endpoints, a plain V2 infer, cancellation mid-stream, metrics, clear errors.
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
 use sluice_server::{EngineOptions, ServerConfig};
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/smollm2-135m-instruct")
-}
-
 /// `smollm/1/model.gguf` and `smollm/tokenizer.json`, nothing else; and add_sub beside it.
 fn repo() -> tempfile::TempDir {
     let dir = standard_repo();
-    let m = shared();
-    assert!(m.is_dir(), "../shared/models/smollm2-135m-instruct is needed by this test");
+    let m = sluice_test_models::model_path("smollm2-135m-instruct");
     std::fs::create_dir_all(dir.path().join("smollm/1")).unwrap();
     std::os::unix::fs::symlink(m.join("model.gguf"), dir.path().join("smollm/1/model.gguf")).unwrap();
     std::os::unix::fs::symlink(m.join("tokenizer.json"), dir.path().join("smollm/tokenizer.json")).unwrap();

@@ -1,18 +1,12 @@
-//! Text in, labels out, with the real spam classifier of ../shared/models: the server tokenizes
+//! Text in, labels out, with the real spam classifier of $SLUICE_MODELS: the server tokenizes
 //! BYTES emails (the model's own tokenizer.json) and answers what the model answers for them,
 //! and Triton's `classification` output names the label.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
 use serde_json::{json, Value};
 use sluice_server::{EngineOptions, ServerConfig};
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models")
-}
 
 const CONFIG: &str = r#"
 name: "spam"
@@ -29,8 +23,7 @@ parameters { key: "max_sequence_length" value: { string_value: "128" } }
 
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let m = shared().join("spam-fast");
-    assert!(m.is_dir(), "../shared/models/spam-fast is needed by this test ({} missing)", m.display());
+    let m = sluice_test_models::model_path("spam-fast");
     std::fs::create_dir_all(dir.path().join("spam/1")).unwrap();
     std::os::unix::fs::symlink(m.join("model.onnx"), dir.path().join("spam/1/model.onnx")).unwrap();
     std::fs::copy(m.join("tokenizer.json"), dir.path().join("spam/tokenizer.json")).unwrap();
@@ -40,7 +33,7 @@ fn repo() -> tempfile::TempDir {
 }
 
 fn samples(n: usize) -> Vec<Value> {
-    let text = std::fs::read_to_string(shared().join("datasets/spamassassin/samples.jsonl")).unwrap();
+    let text = std::fs::read_to_string(sluice_test_models::model_path("datasets/spamassassin/samples.jsonl")).unwrap();
     text.lines().take(n).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
