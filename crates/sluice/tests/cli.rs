@@ -25,42 +25,17 @@ async fn server(repo: &Path) -> RunningServer {
     sluice_server::start(engine, &cfg).await.expect("server starts")
 }
 
+/// `sluice models ARGS --url URL`.
 async fn sluice(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("models")
-        .args(args)
-        .args(["--url", url])
-        .env_remove("SLUICE_URL")
-        .output()
-        .await
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    let mut all = vec!["models"];
+    all.extend_from_slice(args);
+    sluice_client(url, &all).await
 }
 
 /// Asserts failure and returns stderr.
 fn failed(out: &Output) -> String {
     assert!(!out.status.success(), "expected a failure; stdout: {}", text(&out.stdout));
     text(&out.stderr)
-}
-
-fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
-    let line = table.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{table}"));
-    line.split_whitespace().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 pub const ADD_SUB_CONFIG: &str = r#"
@@ -113,4 +113,43 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(data);
     std::fs::write(path, out).unwrap();
+}
+
+/// Runs the `sluice` binary as a client of `url` (SLUICE_URL from the environment left out).
+pub async fn sluice_client(url: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .args(["--url", url])
+        .env_remove("SLUICE_URL")
+        .output()
+        .await
+        .unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Asserts exit code `code` and returns stderr.
+pub fn exits(out: &Output, code: i32) -> String {
+    assert_eq!(out.status.code(), Some(code), "stdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    text(&out.stderr)
+}
+
+/// The words of the table row whose first word is `name`.
+pub fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    let line = table.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("{table}"));
+    line.split_whitespace().collect()
 }
