@@ -159,6 +159,7 @@ impl ModelInstance for GenerateInstance {
             match rx.blocking_recv() {
                 Some(Event::Text(t)) => text.push_str(&t),
                 Some(Event::Done(_)) => break,
+                Some(Event::PromptLogprobs(_) | Event::Logprobs(_)) => {}
                 Some(Event::Error(e)) => return Err(ServeError::Internal(e)),
                 None => return Err(ServeError::Internal("generation ended without an answer".into())),
             }

@@ -14,6 +14,16 @@ impl Decode for tokenizers::Tokenizer {
     }
 }
 
+/// Decodes with special tokens kept: a prompt's `<|im_start|>` is part of its text, and a
+/// token shown on its own (a log-probability's alternative) should read as itself.
+pub struct WithSpecial<'a>(pub &'a tokenizers::Tokenizer);
+
+impl Decode for WithSpecial<'_> {
+    fn decode(&self, ids: &[u32]) -> String {
+        (**self.0).decode(ids, false).unwrap_or_default()
+    }
+}
+
 /// Incremental detokenization: decodes a window of recent tokens and emits what the newest
 /// token added, once it is complete text. Decoding a window rather than the token alone keeps
 /// what tokenizers do across token boundaries (leading spaces, merged bytes).

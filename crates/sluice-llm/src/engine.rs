@@ -11,8 +11,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::detok::{Detokenizer, Matched, StopMatcher};
+use crate::logprob::{score, TokenLogprob};
 use crate::metrics::GenMetrics;
-use crate::model::{Chunk, KvCache, Llama};
+use crate::model::{Chunk, KvCache, Llama, Logits};
 use crate::plan::{plan, Limits, RunningSeq, WaitingSeq};
 use crate::sample::{Sampler, SamplingParams};
 
@@ -24,9 +25,16 @@ pub struct Job {
     pub arrived: Instant,
 }
 
-/// What a request's stream carries: text pieces, then one `Done` or `Error`.
+/// What a request's stream carries: text pieces, then one `Done` or `Error`. A request that
+/// asked for log-probabilities also gets them, each before the text it belongs to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// The prompt's tokens scored, from the second on (the first has no context to be
+    /// predicted from); once, before anything else.
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// The token just generated, scored; before the text it completes (text may be held back
+    /// for a stop sequence or an unfinished character, so a token's text can come later).
+    Logprobs(TokenLogprob),
     Text(String),
     Done(Finish),
     Error(String),
@@ -76,6 +84,8 @@ struct Seq {
     detok: Detokenizer,
     stop: StopMatcher,
     last_token_at: Option<Instant>,
+    /// Scores of the prompt's tokens so far, sent together once the prompt is fed.
+    prompt_scores: Vec<TokenLogprob>,
 }
 
 impl Seq {
@@ -89,6 +99,7 @@ impl Seq {
             detok: Detokenizer::default(),
             stop: StopMatcher::new(job.params.stop.clone()),
             last_token_at: None,
+            prompt_scores: Vec::new(),
             job,
         }
     }
@@ -194,44 +205,59 @@ impl Engine {
         let prompt_fed: usize =
             running.iter().zip(feed).filter(|(s, _)| s.fed < s.job.prompt.len()).map(|(_, &n)| n).sum();
         let mut chunks = Vec::new();
+        let mut wants = Vec::new();
         let mut stepped = Vec::new();
         for (i, (seq, &n)) in running.iter_mut().zip(feed).enumerate() {
             if n == 0 {
                 continue;
             }
             let Seq { job, cache, fed, last, .. } = seq;
-            let (tokens, logits) = if *fed < job.prompt.len() {
-                (&job.prompt[*fed..*fed + n], *fed + n == job.prompt.len())
+            let (tokens, want) = if *fed < job.prompt.len() {
+                let end = *fed + n;
+                let sample = end == job.prompt.len() && job.params.max_tokens > 0;
+                let logits = match (job.params.prompt_logprobs, sample) {
+                    (Some(_), _) => Logits::All,
+                    (None, true) => Logits::Last,
+                    (None, false) => Logits::None,
+                };
+                (&job.prompt[*fed..end], Want::new(logits, &job.prompt, *fed, n, sample, job.params.prompt_logprobs))
             } else {
-                (std::slice::from_ref(&*last), true)
+                (std::slice::from_ref(&*last), Want::new(Logits::Last, &[], 0, 1, true, None))
             };
-            chunks.push(Chunk { tokens, cache, logits });
+            chunks.push(Chunk { tokens, cache, logits: want.logits });
+            wants.push(want);
             stepped.push((i, n));
         }
-        let result = self.model.forward(&mut chunks);
+        let result = self.model.forward_each(&mut chunks, |c, j, row| wants[c].take(j, row));
         drop(chunks);
         self.metrics.prompt_tokens.fetch_add(prompt_fed as u64, Relaxed);
-        let logits = match result {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "generation step failed");
-                let failed: Vec<usize> = stepped.iter().map(|(i, _)| *i).collect();
-                for &i in failed.iter().rev() {
-                    let s = running.remove(i);
-                    s.send(Event::Error(format!("generation failed: {e}")));
-                    self.metrics.ended("error");
-                }
-                return;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "generation step failed");
+            for &(i, _) in stepped.iter().rev() {
+                let s = running.remove(i);
+                s.send(Event::Error(format!("generation failed: {e}")));
+                self.metrics.ended("error");
             }
-        };
+            return;
+        }
+        let wants: Vec<(Vec<TokenLogprob>, Option<Vec<f32>>)> = wants.into_iter().map(|w| (w.scores, w.last)).collect();
         let mut remove = Vec::new();
-        for ((i, n), logits) in stepped.into_iter().zip(logits) {
+        for ((i, n), (scores, logits)) in stepped.into_iter().zip(wants) {
             let seq = &mut running[i];
-            if seq.fed < seq.job.prompt.len() {
+            let after = if seq.fed < seq.job.prompt.len() {
                 seq.fed += n;
-            }
-            let Some(logits) = logits else { continue };
-            match self.emit(seq, &logits) {
+                seq.prompt_scores.extend(scores);
+                if seq.fed < seq.job.prompt.len() {
+                    continue;
+                }
+                self.prompt_done(seq, logits)
+            } else {
+                match logits {
+                    Some(l) => self.emit(seq, &l),
+                    None => continue,
+                }
+            };
+            match after {
                 After::Continue => {}
                 After::Finished(reason) => {
                     let f = Finish { reason, prompt_tokens: seq.job.prompt.len(), completion_tokens: seq.generated };
@@ -251,6 +277,21 @@ impl Engine {
         }
     }
 
+    /// A sequence's prompt has been fed: its scores go out, then its first token (unless it
+    /// asked for none: scoring the prompt was the whole request).
+    fn prompt_done(&self, seq: &mut Seq, logits: Option<Vec<f32>>) -> After {
+        if seq.job.params.prompt_logprobs.is_some() {
+            let scores = std::mem::take(&mut seq.prompt_scores);
+            if !seq.send(Event::PromptLogprobs(scores)) {
+                return After::Gone;
+            }
+        }
+        match logits {
+            Some(l) => self.emit(seq, &l),
+            None => After::Finished(FinishReason::Length),
+        }
+    }
+
     /// Samples the next token of a sequence and sends what text it completes.
     fn emit(&self, seq: &mut Seq, logits: &[f32]) -> After {
         let token = seq.sampler.sample(logits);
@@ -263,6 +304,11 @@ impl Engine {
         seq.generated += 1;
         seq.last = token;
         self.metrics.generated_tokens.fetch_add(1, Relaxed);
+        if let Some(n) = seq.job.params.logprobs {
+            if !seq.send(Event::Logprobs(score(logits, token, n))) {
+                return After::Gone;
+            }
+        }
         let text_then = |seq: &mut Seq, text: String, after: After| {
             if text.is_empty() || seq.send(Event::Text(text)) {
                 after
@@ -285,6 +331,35 @@ impl Engine {
                     text_then(seq, text, After::Continue)
                 }
             }
+        }
+    }
+}
+
+/// What one chunk of a step wants from the rows of logits the model hands back.
+struct Want<'a> {
+    logits: Logits,
+    /// The sequence's prompt and the position of the chunk's first row in it: row `j` predicts
+    /// `prompt[first + j + 1]`.
+    prompt: &'a [u32],
+    first: usize,
+    rows: usize,
+    /// Keep the last row: the next token is sampled from it.
+    sample: bool,
+    top: Option<usize>,
+    scores: Vec<TokenLogprob>,
+    last: Option<Vec<f32>>,
+}
+
+impl<'a> Want<'a> {
+    fn new(logits: Logits, prompt: &'a [u32], first: usize, rows: usize, sample: bool, top: Option<usize>) -> Self {
+        Want { logits, prompt, first, rows, sample, top, scores: Vec::new(), last: None }
+    }
+
+    fn take(&mut self, j: usize, row: &[f32]) {
+        if let (Some(n), Some(&next)) = (self.top, self.prompt.get(self.first + j + 1)) {
+            self.scores.push(score(row, next, n));
+        } else if self.sample && j + 1 == self.rows {
+            self.last = Some(row.to_vec());
         }
     }
 }

@@ -9,12 +9,16 @@
 //! - [`engine`]: the decoding loop;
 //! - [`sample`], [`detok`], [`chat`]: sampling, UTF-8 safe detokenization with stop
 //!   sequences, chat templates;
+//! - [`logprob`]: log-probabilities of prompt and generated tokens; [`eval`]: perplexity and
+//!   agreement with candle's own llama on the same text;
 //! - [`backend`]: the repository's view (config auto-complete, the synchronous instance).
 
 pub mod backend;
 pub mod chat;
 pub mod detok;
 pub mod engine;
+pub mod eval;
+pub mod logprob;
 pub mod metrics;
 pub mod model;
 pub mod plan;
@@ -31,6 +35,7 @@ use tokio::sync::mpsc;
 
 pub use chat::Message;
 pub use engine::{Event, Finish, FinishReason};
+pub use logprob::TokenLogprob;
 pub use metrics::GenMetrics;
 pub use sample::SamplingParams;
 
@@ -84,6 +89,7 @@ pub struct Generator {
     pending: Arc<AtomicUsize>,
     options: GeneratorOptions,
     context: usize,
+    vocab: usize,
     tokenizer: Arc<tokenizers::Tokenizer>,
     chat: ChatTemplate,
     bos: Option<u32>,
@@ -123,6 +129,7 @@ impl Generator {
         let template = meta.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         let chat = ChatTemplate::new(template.as_deref(), &token_text(bos_id), &token_text(eos.first().copied()));
         let context = model.shape.context;
+        let vocab = model.shape.vocab;
         let kv_tokens = options.kv_tokens;
         tracing::info!(
             model = name,
@@ -159,6 +166,7 @@ impl Generator {
             pending,
             options,
             context,
+            vocab,
             tokenizer,
             chat,
             bos: if add_bos { bos_id } else { None },
@@ -183,6 +191,11 @@ impl Generator {
         &self.tokenizer
     }
 
+    /// Token ids run from 0 to `vocab() - 1`.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
     /// Token ids of a plain prompt.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, ServeError> {
         let enc = self
@@ -203,6 +216,15 @@ impl Generator {
         params.check().map_err(ServeError::invalid)?;
         if prompt.is_empty() {
             return Err(ServeError::invalid("the prompt is empty"));
+        }
+        // Token ids may come from the client: one outside the vocabulary must not reach the
+        // embedding lookup.
+        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(ServeError::invalid(format!(
+                "prompt token id {bad} is not in the vocabulary of model '{}' (ids 0 to {})",
+                self.name,
+                self.vocab - 1
+            )));
         }
         let need = prompt.len() + params.max_tokens;
         if need > self.context {
@@ -233,8 +255,10 @@ impl Generator {
                 retry_after_ms: 1000,
             });
         }
-        // Room for every piece plus the end: the engine never blocks on a slow reader.
-        let (events, rx) = mpsc::channel(params.max_tokens + 2);
+        // Room for every event (a token's text and its scores, the prompt's scores, the end):
+        // the engine never blocks on a slow reader.
+        let per_token = 1 + usize::from(params.logprobs.is_some());
+        let (events, rx) = mpsc::channel(params.max_tokens * per_token + 3);
         let job = Job { prompt, params, events, arrived: Instant::now() };
         if self.tx.try_send(job).is_err() {
             self.pending.fetch_sub(1, Relaxed);

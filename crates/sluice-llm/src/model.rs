@@ -101,9 +101,25 @@ impl KvCache {
 pub struct Chunk<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
-    /// Whether the logits after the last token are wanted (not for a prompt's first chunks).
-    pub logits: bool,
+    pub logits: Logits,
 }
+
+/// Which positions of a chunk need logits. The output head is the largest matmul of a step
+/// (vocabulary × width per row), so a prompt pays for it at every position only when it is
+/// scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt's first chunks).
+    None,
+    /// After the last token: what the next token is sampled from.
+    Last,
+    /// After every token (scoring a prompt).
+    All,
+}
+
+/// Rows of the output head computed together: bounds the logits held at once (64 rows of a
+/// 49k vocabulary are 12 MiB) whatever the length of a scored prompt chunk.
+const HEAD_ROWS: usize = 64;
 
 fn metadata<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
     ct.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata has no '{key}'")))
@@ -232,13 +248,27 @@ impl Llama {
 
     /// One forward pass over the new tokens of several sequences. Appends their keys and
     /// values to each sequence's cache and returns, for each chunk that asked, the logits after
-    /// its last token.
+    /// its last token. (Chunks asking for [`Logits::All`] get their last row here too.)
     pub fn forward(&self, chunks: &mut [Chunk<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let ends: Vec<usize> = chunks.iter().map(|c| c.tokens.len().saturating_sub(1)).collect();
+        let mut out: Vec<Option<Vec<f32>>> = chunks.iter().map(|_| None).collect();
+        self.forward_each(chunks, |c, j, row| {
+            if j == ends[c] {
+                out[c] = Some(row.to_vec());
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// One forward pass over the new tokens of several sequences. Appends their keys and
+    /// values to each sequence's cache and calls `each(chunk, position in chunk, logits)` for
+    /// every row its chunk asked for, in order, without keeping them all at once.
+    pub fn forward_each(&self, chunks: &mut [Chunk<'_>], mut each: impl FnMut(usize, usize, &[f32])) -> Result<()> {
         let s = &self.shape;
         let ids: Vec<u32> = chunks.iter().flat_map(|c| c.tokens.iter().copied()).collect();
         let rows = ids.len();
         if rows == 0 {
-            return Ok(chunks.iter().map(|_| None).collect());
+            return Ok(());
         }
         for c in chunks.iter() {
             if c.cache.len + c.tokens.len() > s.context {
@@ -278,28 +308,31 @@ impl Llama {
             let m = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             x = (m + x)?;
         }
-        let mut last = Vec::new();
+        // (row of x, chunk, position in chunk) of every row whose logits are wanted.
+        let mut wanted: Vec<(u32, usize, usize)> = Vec::new();
         let mut row = 0;
-        for c in chunks.iter_mut() {
-            row += c.tokens.len();
-            c.cache.len += c.tokens.len();
-            if c.logits {
-                last.push((row - 1) as u32);
+        for (ci, c) in chunks.iter_mut().enumerate() {
+            let n = c.tokens.len();
+            c.cache.len += n;
+            let from = match c.logits {
+                Logits::None => n,
+                Logits::Last => n.saturating_sub(1),
+                Logits::All => 0,
+            };
+            wanted.extend((from..n).map(|j| ((row + j) as u32, ci, j)));
+            row += n;
+        }
+        for block in wanted.chunks(HEAD_ROWS) {
+            let idx: Vec<u32> = block.iter().map(|w| w.0).collect();
+            let xb = x.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?;
+            let logits = self.output.forward(&self.norm.forward(&xb)?)?.to_dtype(DType::F32)?;
+            let width = logits.dim(1)?;
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            for (w, l) in block.iter().zip(logits.chunks_exact(width)) {
+                each(w.1, w.2, l);
             }
         }
-        let mut out: Vec<Option<Vec<f32>>> = chunks.iter().map(|_| None).collect();
-        if last.is_empty() {
-            return Ok(out);
-        }
-        let x = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
-        let logits = self.output.forward(&self.norm.forward(&x)?)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut logits = logits.into_iter();
-        for (c, o) in chunks.iter().zip(out.iter_mut()) {
-            if c.logits {
-                *o = logits.next();
-            }
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Rotary position embedding of one row of heads, in place.

@@ -20,7 +20,15 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks use it for fixed lengths).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability with this many most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Score the prompt: each prompt token's log-probability (after the first) with this many
+    /// alternatives. With it, `max_tokens` may be 0.
+    pub prompt_logprobs: Option<usize>,
 }
+
+/// The most alternatives a position reports (OpenAI's chat API allows 20).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -32,6 +40,8 @@ impl Default for SamplingParams {
             seed: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -45,8 +55,13 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
-        if self.max_tokens == 0 {
-            return Err("max_tokens must be at least 1".into());
+        if self.max_tokens == 0 && self.prompt_logprobs.is_none() {
+            return Err("max_tokens must be at least 1 (0 only when the prompt is scored: echo with logprobs)".into());
+        }
+        for (name, n) in [("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)] {
+            if n.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+                return Err(format!("{name} must be at most {MAX_TOP_LOGPROBS}, got {}", n.unwrap_or_default()));
+            }
         }
         if self.stop.iter().any(String::is_empty) {
             return Err("stop sequences must not be empty strings".into());
@@ -194,5 +209,13 @@ mod tests {
         assert!(p.check().unwrap_err().contains("temperature"));
         let p = SamplingParams { max_tokens: 0, ..Default::default() };
         assert!(p.check().unwrap_err().contains("max_tokens"));
+        let p = SamplingParams { logprobs: Some(21), ..Default::default() };
+        assert!(p.check().unwrap_err().contains("logprobs"));
+    }
+
+    #[test]
+    fn a_scored_prompt_may_ask_for_no_tokens() {
+        let p = SamplingParams { max_tokens: 0, prompt_logprobs: Some(0), ..Default::default() };
+        assert_eq!(p.check(), Ok(()));
     }
 }

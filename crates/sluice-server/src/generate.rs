@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_llm::{Event, Finish, Generator, Message, SamplingParams};
+use sluice_llm::{Event, Finish, Generator, Message, SamplingParams, TokenLogprob};
 use sluice_repository::ServedVersion;
 use sluice_types::ServeError;
 use tokio::sync::mpsc;
@@ -15,16 +15,29 @@ use crate::engine::Engine;
 
 pub enum Prompt {
     Text(String),
+    /// Token ids as the client tokenized them (OpenAI's `prompt` as a list of integers).
+    Tokens(Vec<u32>),
     Chat(Vec<Message>),
 }
 
 /// A request's stream of events. Dropping it cancels the generation.
 pub struct GenStream {
     served: Arc<ServedVersion>,
+    generator: Arc<Generator>,
     rx: mpsc::Receiver<Event>,
     start: Instant,
     ended: bool,
-    pub prompt_tokens: usize,
+    prompt: Vec<u32>,
+}
+
+/// A whole answer.
+pub struct Answer {
+    pub text: String,
+    pub finish: Finish,
+    /// The prompt's tokens from the second on, scored (when asked).
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    /// Each generated token, scored (when asked).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl GenStream {
@@ -36,6 +49,19 @@ impl GenStream {
         self.served.version
     }
 
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        self.generator.tokenizer()
+    }
+
+    pub fn generator(&self) -> &Arc<Generator> {
+        &self.generator
+    }
+
+    /// The prompt's token ids, as fed to the model.
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
     /// The next event; `None` after the end. A stream that stops without a `Done` (the engine
     /// went away) yields an `Error`.
     pub async fn next(&mut self) -> Option<Event> {
@@ -45,7 +71,7 @@ impl GenStream {
         let e = self.rx.recv().await.unwrap_or_else(|| Event::Error("generation ended unexpectedly".into()));
         let ns = self.start.elapsed().as_nanos() as u64;
         match &e {
-            Event::Text(_) => {}
+            Event::Text(_) | Event::PromptLogprobs(_) | Event::Logprobs(_) => {}
             Event::Done(_) => {
                 self.ended = true;
                 self.served.stats().record_success(ns);
@@ -59,12 +85,14 @@ impl GenStream {
     }
 
     /// The whole answer.
-    pub async fn collect(mut self) -> Result<(String, Finish), ServeError> {
-        let mut text = String::new();
+    pub async fn collect(&mut self) -> Result<Answer, ServeError> {
+        let (mut text, mut prompt_logprobs, mut logprobs) = (String::new(), Vec::new(), Vec::new());
         while let Some(e) = self.next().await {
             match e {
+                Event::PromptLogprobs(p) => prompt_logprobs = p,
+                Event::Logprobs(l) => logprobs.push(l),
                 Event::Text(t) => text.push_str(&t),
-                Event::Done(f) => return Ok((text, f)),
+                Event::Done(finish) => return Ok(Answer { text, finish, prompt_logprobs, logprobs }),
                 Event::Error(e) => return Err(ServeError::Backend(e)),
             }
         }
@@ -121,16 +149,15 @@ impl Engine {
         explicit_max: bool,
     ) -> Result<GenStream, ServeError> {
         let (served, g) = self.generator(model, version)?;
-        let text = match prompt {
-            Prompt::Text(t) => t,
-            Prompt::Chat(m) => g.chat_prompt(&m)?,
+        let ids = match prompt {
+            Prompt::Text(t) => g.encode_text(&t)?,
+            Prompt::Tokens(ids) => ids,
+            Prompt::Chat(m) => g.encode_text(&g.chat_prompt(&m)?)?,
         };
-        let ids = g.encode_text(&text)?;
-        let prompt_tokens = ids.len();
         if !explicit_max {
-            params.max_tokens = g.context().saturating_sub(prompt_tokens).clamp(1, 512);
+            params.max_tokens = g.context().saturating_sub(ids.len()).clamp(1, 512);
         }
-        let rx = g.submit(ids, params)?;
-        Ok(GenStream { served, rx, start: Instant::now(), ended: false, prompt_tokens })
+        let rx = g.submit(ids.clone(), params)?;
+        Ok(GenStream { served, generator: g, rx, start: Instant::now(), ended: false, prompt: ids })
     }
 }

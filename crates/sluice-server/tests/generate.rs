@@ -214,3 +214,119 @@ async fn cancelled_streams_free_their_slot_and_errors_are_clear() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("context"), "{v}");
 }
+
+/// Every streaming edge ends its stream visibly when the answer is empty: the greedy answer to
+/// FRANCE starts with "The", so `stop: "The"` ends it at its first token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_ends_at_its_first_token_still_ends_every_stream() {
+    use sluice_server::grpc::pb;
+    use sluice_server::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use sluice_server::grpc::pb::infer_parameter::ParameterChoice;
+    use sluice_server::grpc::pb::model_infer_request::InferInputTensor;
+
+    let repo = repo();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+
+    // The premise: without the stop, the answer starts with "The".
+    let body = json!({"text_input": FRANCE, "parameters": {"max_tokens": 1, "temperature": 0}});
+    let v: Value =
+        c.post(format!("{base}/v2/models/smollm/generate")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["text_output"], "The", "{v}");
+
+    let body = json!({"text_input": FRANCE, "parameters": {"max_tokens": 30, "temperature": 0, "stop": "The"}});
+    let v: Value =
+        c.post(format!("{base}/v2/models/smollm/generate")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["text_output"], "", "{v}");
+
+    // generate_stream: one final event with empty text.
+    let r = c.post(format!("{base}/v2/models/smollm/generate_stream")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let events = sse(&r.text().await.unwrap());
+    assert_eq!(events.len(), 1, "{events:?}");
+    let last: Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!((last["text_output"].as_str(), last["model_name"].as_str()), (Some(""), Some("smollm")), "{last}");
+
+    // OpenAI completions and chat: the finish chunk (chat: after its role chunk), then [DONE].
+    let comp = json!({"model": "smollm", "prompt": FRANCE, "max_tokens": 30, "temperature": 0, "stop": ["The"], "stream": true});
+    let r = c.post(format!("{base}/v1/completions")).json(&comp).send().await.unwrap();
+    let events = sse(&r.text().await.unwrap());
+    let data: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(data.len(), 2, "{data:?}");
+    let fin: Value = serde_json::from_str(data[0]).unwrap();
+    assert_eq!(
+        (fin["choices"][0]["text"].as_str(), fin["choices"][0]["finish_reason"].as_str()),
+        (Some(""), Some("stop"))
+    );
+    assert_eq!(data[1], "[DONE]");
+    let chat = json!({
+        "model": "smollm", "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
+        "temperature": 0, "max_tokens": 30, "stop": "The", "stream": true
+    });
+    let r = c.post(format!("{base}/v1/chat/completions")).json(&chat).send().await.unwrap();
+    let events = sse(&r.text().await.unwrap());
+    let data: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(data.len(), 3, "{data:?}");
+    let role: Value = serde_json::from_str(data[0]).unwrap();
+    assert_eq!(role["choices"][0]["delta"]["role"], "assistant");
+    let fin: Value = serde_json::from_str(data[1]).unwrap();
+    assert_eq!(fin["choices"][0]["finish_reason"], "stop");
+    assert_eq!(data[2], "[DONE]");
+
+    // gRPC ModelStreamInfer: without Triton's final-response flag, one response with empty
+    // text; with it, the empty final response alone.
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", s.grpc_addr)).await.unwrap();
+    let request = |id: &str, flag: bool| {
+        let string = |v: &str| pb::InferParameter { parameter_choice: Some(ParameterChoice::StringParam(v.into())) };
+        let mut parameters: std::collections::HashMap<String, pb::InferParameter> = [
+            ("max_tokens".to_string(), string("30")),
+            ("temperature".to_string(), string("0")),
+            ("stop".to_string(), string("The")),
+        ]
+        .into();
+        if flag {
+            parameters.insert(
+                "triton_enable_empty_final_response".into(),
+                pb::InferParameter { parameter_choice: Some(ParameterChoice::BoolParam(true)) },
+            );
+        }
+        pb::ModelInferRequest {
+            model_name: "smollm".into(),
+            id: id.into(),
+            parameters,
+            inputs: vec![InferInputTensor {
+                name: "text_input".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1],
+                contents: Some(pb::InferTensorContents {
+                    bytes_contents: vec![FRANCE.as_bytes().to_vec().into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    };
+    for flag in [false, true] {
+        let mut answers =
+            client.model_stream_infer(tokio_stream::iter(vec![request("r", flag)])).await.unwrap().into_inner();
+        let mut got = Vec::new();
+        while let Some(item) = tokio_stream::StreamExt::next(&mut answers).await {
+            got.push(item.unwrap());
+        }
+        assert_eq!(got.len(), 1, "flag {flag}: {got:?}");
+        assert!(got[0].error_message.is_empty(), "{}", got[0].error_message);
+        let resp = got[0].infer_response.as_ref().unwrap();
+        assert_eq!(resp.id, "r");
+        if flag {
+            assert!(resp.outputs.is_empty() && resp.raw_output_contents.is_empty(), "{resp:?}");
+            let fin = &resp.parameters["triton_final_response"].parameter_choice;
+            assert_eq!(fin, &Some(ParameterChoice::BoolParam(true)));
+        } else {
+            assert_eq!(resp.outputs[0].name, "text_output");
+            // BYTES as Triton writes them: a 4-byte length, then the (empty) text.
+            assert_eq!(&resp.raw_output_contents[0][..], &[0, 0, 0, 0]);
+        }
+    }
+}

@@ -106,17 +106,26 @@ fn answers_of(engine: Arc<Engine>, req: pb::ModelInferRequest) -> BoxStream<'sta
             infer_response: Some(convert::infer_response(resp)),
         }
     };
-    futures::stream::unfold(Some(stream), move |state| {
+    // (stream, whether a response went out yet)
+    futures::stream::unfold(Some((stream, false)), move |state| {
         let (response, failed) = (response.clone(), failed.clone());
         async move {
-            let mut stream = state?;
-            let out = match stream.next().await? {
-                Event::Text(t) => response(&stream, Some(t), false),
-                Event::Done(_) if flag => response(&stream, None, true),
-                Event::Done(_) => return None,
-                Event::Error(e) => failed(e),
+            let (mut stream, mut sent) = state?;
+            let out = loop {
+                match stream.next().await? {
+                    Event::Text(t) => break response(&stream, Some(t), false),
+                    Event::PromptLogprobs(_) | Event::Logprobs(_) => continue,
+                    Event::Done(_) if flag => break response(&stream, None, true),
+                    // Without the final-response flag a request whose answer is empty (its
+                    // first token ends it) still gets one response, with empty text, as from
+                    // Triton's vLLM backend: a client waiting for it is not left hanging.
+                    Event::Done(_) if !sent => break response(&stream, Some(String::new()), false),
+                    Event::Done(_) => return None,
+                    Event::Error(e) => break failed(e),
+                }
             };
-            Some((out, Some(stream)))
+            sent = true;
+            Some((out, Some((stream, sent))))
         }
     })
     .boxed()

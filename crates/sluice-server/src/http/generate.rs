@@ -1,5 +1,6 @@
 //! Triton's generate extension: `POST /v2/models/{m}[/versions/{v}]/generate` answers the whole
-//! text, `.../generate_stream` answers Server-Sent Events, one per piece of text. The body's
+//! text, `.../generate_stream` answers Server-Sent Events, one per piece of text and a last one
+//! with empty `text_output` when the answer ends. The body's
 //! `text_input` is the prompt; sampling parameters come at the top level or in `parameters`
 //! (`max_tokens` default 16, as Triton's vLLM backend).
 
@@ -56,9 +57,9 @@ fn start(s: &AppState, model: &str, version: Option<&str>, body: &[u8]) -> Resul
 }
 
 async fn whole(s: AppState, model: String, version: Option<String>, body: Bytes) -> HttpResult<Response> {
-    let stream = start(&s, &model, version.as_deref(), &body)?;
+    let mut stream = start(&s, &model, version.as_deref(), &body)?;
     let (name, v) = (stream.model().to_string(), stream.version());
-    let (text, _) = stream.collect().await?;
+    let text = stream.collect().await?.text;
     Ok(Json(json!({ "model_name": name, "model_version": v.to_string(), "text_output": text })).into_response())
 }
 
@@ -79,13 +80,18 @@ async fn streamed(s: AppState, model: String, version: Option<String>, body: Byt
     let stream = start(&s, &model, version.as_deref(), &body)?;
     let name = stream.model().to_string();
     let v = stream.version().to_string();
-    let events =
-        sse_events(stream, move |_, e| match e {
-            Event::Text(t) => vec![SseEvent::default()
-                .data(json!({ "model_name": name, "model_version": v, "text_output": t }).to_string())],
-            Event::Done(_) => vec![],
-            Event::Error(msg) => vec![SseEvent::default().event("error").data(json!({ "error": msg }).to_string())],
-        });
+    let piece = move |t: &str| {
+        SseEvent::default().data(json!({ "model_name": name, "model_version": v, "text_output": t }).to_string())
+    };
+    let events = sse_events(stream, move |_, e| match e {
+        Event::Text(t) => vec![piece(t)],
+        // A last, empty piece: without it a stream whose answer is empty (its first token
+        // ends it) would be no events at all, and a client could not tell a normal end from a
+        // dropped connection. Triton's vLLM backend sends its final response the same way.
+        Event::Done(_) => vec![piece("")],
+        Event::PromptLogprobs(_) | Event::Logprobs(_) => vec![],
+        Event::Error(msg) => vec![SseEvent::default().event("error").data(json!({ "error": msg }).to_string())],
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 

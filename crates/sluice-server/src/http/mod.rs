@@ -1,8 +1,10 @@
 //! The HTTP edge (axum): the V2 REST endpoints and Triton's extensions over the [`Engine`].
 
 mod codec;
+mod completions;
 mod generate;
 mod jobs;
+mod logprobs;
 mod openai;
 
 use std::sync::Arc;
@@ -95,7 +97,7 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/models/{model}/generate_stream", post(generate::generate_stream))
         .route("/v2/models/{model}/versions/{version}/generate_stream", post(generate::generate_stream_v))
         .route("/v1/models", get(openai::models))
-        .route("/v1/completions", post(openai::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v2/models/{model}/jobs", post(jobs::submit))
         .route("/v2/models/{model}/versions/{version}/jobs", post(jobs::submit_v))

@@ -1,8 +1,9 @@
-//! The OpenAI-compatible API over the generative models: `/v1/models`, `/v1/completions` and
-//! `/v1/chat/completions`, whole or streamed (`stream: true`: SSE chunks, then `data: [DONE]`;
-//! `stream_options.include_usage` adds a last chunk with the token counts). Errors have
-//! OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so SDKs raise them as
-//! they would for OpenAI. The model name is the repository's model name.
+//! The OpenAI-compatible API over the generative models: `/v1/models`, `/v1/completions` (in
+//! [`completions`](super::completions)) and `/v1/chat/completions`, whole or streamed
+//! (`stream: true`: SSE chunks, then `data: [DONE]`; `stream_options.include_usage` adds a last
+//! chunk with the token counts). Errors have OpenAI's shape, `{"error": {"message", "type",
+//! "param", "code"}}`, so SDKs raise them as they would for OpenAI. The model name is the
+//! repository's model name.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,12 +11,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use sluice_llm::{params_from_json, Event, Finish, Message, SamplingParams};
+use sluice_llm::detok::WithSpecial;
+use sluice_llm::{params_from_json, Event, Finish, Message, SamplingParams, TokenLogprob};
 use sluice_types::ServeError;
 
-use super::generate::{one_string, sse_events};
+use super::generate::sse_events;
+use super::logprobs::LogprobText;
 use super::{status_of, AppState};
-use crate::generate::Prompt;
+use crate::generate::{GenStream, Prompt};
 
 /// An error in OpenAI's shape.
 pub(super) struct OpenAiError(ServeError);
@@ -26,7 +29,7 @@ impl From<ServeError> for OpenAiError {
     }
 }
 
-fn error_body(e: &ServeError) -> Value {
+pub(super) fn error_body(e: &ServeError) -> Value {
     let kind = match status_of(e).as_u16() {
         400 | 404 | 409 | 413 => "invalid_request_error",
         429 => "rate_limit_exceeded",
@@ -48,9 +51,9 @@ impl IntoResponse for OpenAiError {
     }
 }
 
-type OpenAiResult = Result<Response, OpenAiError>;
+pub(super) type OpenAiResult = Result<Response, OpenAiError>;
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -66,15 +69,16 @@ pub(super) async fn models(State(s): State<AppState>) -> Response {
 }
 
 /// The fields both endpoints share.
-struct Common {
-    model: String,
-    stream: bool,
-    include_usage: bool,
-    params: SamplingParams,
-    explicit_max: bool,
+pub(super) struct Common {
+    pub model: String,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub params: SamplingParams,
+    pub explicit_max: bool,
 }
 
-fn common(body: &serde_json::Map<String, Value>, default_max: usize) -> Result<Common, ServeError> {
+/// `defaults` holds what the endpoint decided before reading the sampling fields.
+pub(super) fn common(body: &serde_json::Map<String, Value>, defaults: SamplingParams) -> Result<Common, ServeError> {
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         _ => return Err(ServeError::invalid("'model' is required: the name of a generative model (see /v1/models)")),
@@ -84,23 +88,36 @@ fn common(body: &serde_json::Map<String, Value>, default_max: usize) -> Result<C
             return Err(ServeError::invalid(format!("'n' must be 1 (one answer per request), got {n}")));
         }
     }
-    if body.get("echo").and_then(Value::as_bool) == Some(true) {
-        return Err(ServeError::Unsupported("'echo' is not supported".into()));
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(ServeError::invalid(format!("'stream' must be true or false, got {v}"))),
-    };
+    let stream = flag(body, "stream")?;
     let include_usage =
         body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
     let explicit_max =
         ["max_tokens", "max_completion_tokens"].iter().any(|k| body.get(*k).is_some_and(|v| !v.is_null()));
-    let params = params_from_json(body, SamplingParams { max_tokens: default_max, ..Default::default() })?;
+    let params = params_from_json(body, defaults)?;
     Ok(Common { model, stream, include_usage, params, explicit_max })
 }
 
-fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ServeError> {
+/// A boolean field, false when absent.
+pub(super) fn flag(body: &serde_json::Map<String, Value>, key: &str) -> Result<bool, ServeError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(ServeError::invalid(format!("'{key}' must be true or false, got {v}"))),
+    }
+}
+
+/// A count field within `0..=max`, `None` when absent.
+pub(super) fn count(body: &serde_json::Map<String, Value>, key: &str, max: usize) -> Result<Option<usize>, ServeError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n as usize <= max => Ok(Some(n as usize)),
+            _ => Err(ServeError::invalid(format!("'{key}' must be an integer from 0 to {max}, got {v}"))),
+        },
+    }
+}
+
+pub(super) fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ServeError> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ServeError::invalid("request body must be a JSON object")),
@@ -108,136 +125,39 @@ fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ServeError> {
     }
 }
 
-fn usage(f: &Finish) -> Value {
+pub(super) fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     json!({
-        "prompt_tokens": f.prompt_tokens,
-        "completion_tokens": f.completion_tokens,
-        "total_tokens": f.prompt_tokens + f.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     })
 }
 
-fn new_id(prefix: &str) -> String {
+fn finish_usage(f: &Finish) -> Value {
+    usage(f.prompt_tokens, f.completion_tokens)
+}
+
+pub(super) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// What differs between completions and chat completions.
-#[derive(Clone, Copy)]
-enum Kind {
-    Completion,
-    Chat,
-}
-
-impl Kind {
-    fn object(self, streamed: bool) -> &'static str {
-        match (self, streamed) {
-            (Kind::Completion, _) => "text_completion",
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Chat, true) => "chat.completion.chunk",
-        }
-    }
-
-    fn choice(self, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
-        match self {
-            Kind::Completion => {
-                json!({ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish })
-            }
-            Kind::Chat => {
-                let delta = match (text, first) {
-                    (_, true) => json!({ "role": "assistant", "content": "" }),
-                    (Some(t), false) => json!({ "content": t }),
-                    (None, false) => json!({}),
-                };
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
-            }
-        }
-    }
-
-    fn whole(self, text: String, finish: &str) -> Value {
-        match self {
-            Kind::Completion => json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }),
-            Kind::Chat => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "logprobs": null,
-                "finish_reason": finish,
-            }),
-        }
-    }
-}
-
-async fn answer(s: AppState, kind: Kind, c: Common, prompt: Prompt) -> OpenAiResult {
-    let stream = s.engine.generate(&c.model, None, prompt, c.params, c.explicit_max)?;
-    let (id, created, model) = (new_id(if matches!(kind, Kind::Chat) { "chatcmpl" } else { "cmpl" }), now(), c.model);
-    if !c.stream {
-        let (text, f) = stream.collect().await?;
-        return Ok(Json(json!({
-            "id": id,
-            "object": kind.object(false),
-            "created": created,
-            "model": model,
-            "choices": [kind.whole(text, f.reason.as_str())],
-            "usage": usage(&f),
-        }))
-        .into_response());
-    }
-    let include_usage = c.include_usage;
-    let chunk = move |choices: Vec<Value>, usage: Option<Value>| {
-        let mut v =
-            json!({ "id": id, "object": kind.object(true), "created": created, "model": model, "choices": choices });
-        if let Some(u) = usage {
-            v["usage"] = u;
-        }
-        SseEvent::default().data(v.to_string())
-    };
-    let mut first = matches!(kind, Kind::Chat);
-    let events = sse_events(stream, move |_, e| match e {
-        Event::Text(t) => {
-            let mut out = Vec::new();
-            if first {
-                out.push(chunk(vec![kind.choice(None, None, true)], None));
-                first = false;
-            }
-            out.push(chunk(vec![kind.choice(Some(t), None, false)], None));
-            out
-        }
-        Event::Done(f) => {
-            let mut out = vec![chunk(vec![kind.choice(None, Some(f.reason.as_str()), false)], None)];
-            if include_usage {
-                out.push(chunk(vec![], Some(usage(f))));
-            }
-            out.push(SseEvent::default().data("[DONE]"));
-            out
-        }
-        Event::Error(msg) => vec![
-            SseEvent::default().data(error_body(&ServeError::Backend(msg.clone())).to_string()),
-            SseEvent::default().data("[DONE]"),
-        ],
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
-}
-
-/// OpenAI's default for the legacy completions endpoint.
-const COMPLETIONS_DEFAULT_MAX: usize = 16;
-
-pub(super) async fn completions(State(s): State<AppState>, body: Bytes) -> OpenAiResult {
-    let body = object(&body)?;
-    let c = common(&body, COMPLETIONS_DEFAULT_MAX)?;
-    let c = Common { explicit_max: true, ..c };
-    let prompt = match body.get("prompt") {
-        Some(Value::Array(a)) if a.len() != 1 => {
-            return Err(ServeError::invalid("'prompt' must be one string (batches of prompts are not supported)").into())
-        }
-        Some(v) => one_string(v),
-        None => None,
-    }
-    .ok_or_else(|| ServeError::invalid("'prompt' is required and must be a string"))?;
-    answer(s, Kind::Completion, c, Prompt::Text(prompt)).await
-}
+/// The chat API's most alternatives per token.
+const CHAT_MAX_TOP_LOGPROBS: usize = 20;
 
 pub(super) async fn chat_completions(State(s): State<AppState>, body: Bytes) -> OpenAiResult {
     let body = object(&body)?;
+    if flag(&body, "echo")? {
+        return Err(ServeError::invalid("'echo' is a field of /v1/completions, not of chat completions").into());
+    }
+    // Chat's `logprobs` is a switch; `top_logprobs` says how many alternatives.
+    let top = count(&body, "top_logprobs", CHAT_MAX_TOP_LOGPROBS)?;
+    let logprobs = flag(&body, "logprobs")?;
+    if top.is_some() && !logprobs {
+        return Err(ServeError::invalid("'top_logprobs' needs 'logprobs': true").into());
+    }
     // The default (when max_tokens is absent) is resolved from the prompt's length.
-    let c = common(&body, 1)?;
+    let defaults = SamplingParams { max_tokens: 1, logprobs: logprobs.then(|| top.unwrap_or(0)), ..Default::default() };
+    let c = common(&body, defaults)?;
     let Some(Value::Array(raw)) = body.get("messages") else {
         return Err(ServeError::invalid("'messages' is required: a list of {role, content}").into());
     };
@@ -268,5 +188,84 @@ pub(super) async fn chat_completions(State(s): State<AppState>, body: Bytes) -> 
             }
         }
     }
-    answer(s, Kind::Chat, c, Prompt::Chat(messages)).await
+    chat_answer(s, c, messages).await
+}
+
+async fn chat_answer(s: AppState, c: Common, messages: Vec<Message>) -> OpenAiResult {
+    let with_logprobs = c.params.logprobs.is_some();
+    let mut stream = s.engine.generate(&c.model, None, Prompt::Chat(messages), c.params, c.explicit_max)?;
+    let (id, created, model) = (new_id("chatcmpl"), now(), c.model);
+    if !c.stream {
+        let a = stream.collect().await?;
+        let logprobs = with_logprobs.then(|| {
+            let tok = stream.tokenizer();
+            json!({ "content": LogprobText::default().chat(tok, &WithSpecial(tok), &a.logprobs) })
+        });
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": a.text },
+                "logprobs": logprobs,
+                "finish_reason": a.finish.reason.as_str(),
+            }],
+            "usage": finish_usage(&a.finish),
+        }))
+        .into_response());
+    }
+    let include_usage = c.include_usage;
+    let chunk = move |delta: Value, logprobs: Option<Value>, finish: Option<&str>, usage: Option<Value>| {
+        let choices = match usage {
+            Some(_) => json!([]),
+            None => json!([{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }]),
+        };
+        let mut v = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    // The first chunk carries the role, even when the answer is empty.
+    let mut first = true;
+    let (mut lt, mut scored) = (LogprobText::default(), Vec::new());
+    let events = sse_events(stream, move |stream, e| {
+        let mut out = Vec::new();
+        if first && matches!(e, Event::Text(_) | Event::Done(_)) {
+            out.push(chunk(json!({ "role": "assistant", "content": "" }), None, None, None));
+            first = false;
+        }
+        match e {
+            Event::PromptLogprobs(_) => {}
+            Event::Logprobs(l) => scored.push(l.clone()),
+            Event::Text(t) => {
+                let lp = with_logprobs.then(|| chat_logprobs(&mut lt, stream, &mut scored));
+                out.push(chunk(json!({ "content": t }), lp, None, None));
+            }
+            Event::Done(f) => {
+                let lp = (!scored.is_empty()).then(|| chat_logprobs(&mut lt, stream, &mut scored));
+                out.push(chunk(json!({}), lp, Some(f.reason.as_str()), None));
+                if include_usage {
+                    out.push(chunk(Value::Null, None, None, Some(finish_usage(f))));
+                }
+                out.push(SseEvent::default().data("[DONE]"));
+            }
+            Event::Error(msg) => {
+                out.push(SseEvent::default().data(error_body(&ServeError::Backend(msg.clone())).to_string()));
+                out.push(SseEvent::default().data("[DONE]"));
+            }
+        }
+        out
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// The chat `logprobs` of the tokens scored since the last chunk.
+fn chat_logprobs(lt: &mut LogprobText, stream: &GenStream, scored: &mut Vec<TokenLogprob>) -> Value {
+    let tok = stream.tokenizer();
+    json!({ "content": lt.chat(tok, &WithSpecial(tok), &std::mem::take(scored)) })
 }
