@@ -94,7 +94,7 @@ async fn engine_inprocess(g: &sluice_llm::Generator, prompt: &[u32], tokens: usi
                 first.get_or_insert(now);
                 last = Some(now);
             }
-            sluice_llm::Event::Text(_) => {}
+            sluice_llm::Event::Text(_) | sluice_llm::Event::PromptLogprobs(_) | sluice_llm::Event::Logprobs(_) => {}
             sluice_llm::Event::Done(f) => n = f.completion_tokens,
             sluice_llm::Event::Error(e) => bail!("engine: {e}"),
         }
