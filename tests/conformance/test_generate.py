@@ -86,6 +86,24 @@ def test_openai_completion_and_errors(llm):
     assert "top_p" in str(e.value)
 
 
+def test_openai_completion_scores_the_prompt(llm):
+    """What lm-evaluation-harness does through the SDK's types: echo, logprobs, max_tokens 0."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{llm.base}/v1", api_key="unused")
+    c = client.completions.create(model="smollm", prompt=FRANCE, max_tokens=0, echo=True, logprobs=1)
+    choice = c.choices[0]
+    lp = choice.logprobs
+    assert choice.text == FRANCE
+    assert "".join(lp.tokens) == FRANCE
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == c.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert lp.text_offset[1] == len(lp.tokens[0])
+    assert all(lp.top_logprobs[i][lp.tokens[i]] == lp.token_logprobs[i] for i in range(1, len(lp.tokens)))
+    assert c.usage.completion_tokens == 0
+
+
 def test_same_seed_same_sample(llm):
     from openai import OpenAI
 

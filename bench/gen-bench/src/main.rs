@@ -11,7 +11,12 @@
 //!   time to first token as the client sees it, decode tokens/s per stream, aggregate
 //!   tokens/s over all streams.
 //!
+//! `gen-bench perplexity` ([`perplexity`]) measures accuracy instead: the perplexity of a
+//! fixed text scored through the served API against candle in-process.
+//!
 //! Build with `cargo build --release -p gen-bench -p sluice`; see docs/benchmarks.md.
+
+mod perplexity;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -20,11 +25,29 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "gen-bench", about = "Sluice generation versus candle in-process")]
+#[command(
+    name = "gen-bench",
+    about = "Sluice generation versus candle in-process",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Subcmd>,
+    #[command(flatten)]
+    speed: Args,
+}
+
+#[derive(Subcommand)]
+enum Subcmd {
+    /// Perplexity of a fixed text through the served API against candle in-process.
+    Perplexity(perplexity::PerplexityArgs),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// The Sluice binary (default: <repo root>/target/release/sluice).
     #[arg(long)]
@@ -47,7 +70,7 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
 }
@@ -146,9 +169,9 @@ async fn served_stream(c: reqwest::Client, url: String, body: Value, start: Inst
     })
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     _repo: tempfile::TempDir,
 }
 
@@ -163,7 +186,9 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn start_server(bin: &Path, model_dir: &Path) -> Result<Server> {
+/// Starts `sluice serve` on a repository holding only the model, with `env` added to its
+/// environment.
+pub(crate) async fn start_server(bin: &Path, model_dir: &Path, env: &[(&str, &str)]) -> Result<Server> {
     // The state dir and the log sit beside the repository: every directory in it is a model.
     let tmp = tempfile::tempdir()?;
     let models = tmp.path().join("models");
@@ -173,6 +198,7 @@ async fn start_server(bin: &Path, model_dir: &Path) -> Result<Server> {
     let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
     let log = std::fs::File::create(tmp.path().join("sluice.log"))?;
     let child = Command::new(bin)
+        .envs(env.iter().copied())
         .args(["serve", "--model-repository"])
         .arg(&models)
         .args(["--http-port", &http.to_string(), "--grpc-port", &grpc.to_string()])
@@ -213,7 +239,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Subcmd::Perplexity(p)) => return perplexity::run(p).await,
+        None => cli.speed,
+    };
     let root = repo_root();
     let model_dir = match args.model_dir.clone() {
         Some(dir) => dir,
@@ -237,7 +267,7 @@ async fn main() -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     engine_inprocess(&engine, &prompt, 8).await?; // warm
 
-    let server = start_server(&bin, &model_dir).await?;
+    let server = start_server(&bin, &model_dir, &[]).await?;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/completions", server.base);
     let body = json!({

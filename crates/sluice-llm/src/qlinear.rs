@@ -52,6 +52,13 @@ fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
     q
 }
 
+/// candle's switch to run every quantized matmul on dequantized `f32` weights (no int8
+/// activations). Honoured here too, so that Sluice and candle can be compared without the
+/// rounding noise of activation quantization: with it, both compute the same numbers.
+fn dequantize_all() -> bool {
+    std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 pub enum QLinear {
     Q4_1 {
         n: usize,
@@ -68,7 +75,7 @@ pub struct WBlockRow(Vec<WBlock>);
 impl QLinear {
     pub fn from_qtensor(t: QTensor) -> candle_core::Result<QLinear> {
         let (n, k) = t.shape().dims2()?;
-        if t.dtype() != GgmlDType::Q4_1 || k % QK != 0 {
+        if t.dtype() != GgmlDType::Q4_1 || k % QK != 0 || dequantize_all() {
             return Ok(QLinear::Candle(QMatMul::from_qtensor(t)?));
         }
         let raw = t.data()?;

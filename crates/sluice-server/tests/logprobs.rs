@@ -1,8 +1,7 @@
 //! Log-probabilities through the served API, on the real SmolLM2-135M-Instruct GGUF:
 //! `/v1/completions` with `echo` and `logprobs` (whole, streamed, batched, as
-//! lm-evaluation-harness asks), chat `logprobs`, clear errors; and the accuracy of the forward
-//! pass: the perplexity of real email text scored through the API against candle's own
-//! `quantized_llama` on the same GGUF and token ids.
+//! lm-evaluation-harness asks), chat `logprobs`, clear errors. The accuracy of the scores
+//! against candle's own llama: tests/accuracy.rs.
 //!
 //! The models folder: `SLUICE_MODELS`, else `$SLUICE_HOME/models`, else
 //! `~/.local/share/sluice/models` (where scripts/setup.sh puts it).
@@ -13,22 +12,12 @@ use std::path::PathBuf;
 
 use common::*;
 use serde_json::{json, Value};
-use sluice_llm::eval;
 use sluice_server::{EngineOptions, ServerConfig};
 
+/// The models folder (`SLUICE_MODELS`, …); a missing SmolLM2 fails the test with how to get it.
 fn models() -> PathBuf {
-    let dir = std::env::var_os("SLUICE_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("SLUICE_HOME").map(|h| PathBuf::from(h).join("models")))
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/sluice/models")
-        });
-    assert!(
-        dir.join("smollm2-135m-instruct/model.gguf").is_file(),
-        "{} has no smollm2-135m-instruct: run scripts/setup.sh, or set SLUICE_MODELS to the shared models folder",
-        dir.display()
-    );
-    dir
+    sluice_test_models::model_path("smollm2-135m-instruct/model.gguf");
+    sluice_test_models::models_dir()
 }
 
 fn smollm() -> PathBuf {
@@ -278,41 +267,4 @@ async fn bad_logprobs_requests_get_400_naming_the_field() {
         assert_eq!(status, 400, "{body}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(field), "{body}: {v}");
     }
-}
-
-/// The forward pass measured: real email text (ham from the SpamAssassin set) scored through
-/// the served API must have the perplexity candle's own llama gives the same token ids, within
-/// 1 %. `gen-bench perplexity` runs the same comparison on a longer text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn served_perplexity_matches_candles_llama() {
-    let jsonl = models().join("datasets/spamassassin/spamassassin.jsonl");
-    // Few tokens: candle computes one position per forward pass, and CI builds are debug.
-    let windows = eval::ham_windows(&jsonl, &tokenizer(), 384, 192).unwrap();
-    let repo = repo();
-    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
-    let url = format!("http://{}/v1/completions", s.http_addr);
-    let c = reqwest::Client::new();
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let mut candle = eval::candle_model(&smollm().join("model.gguf")).unwrap();
-    for w in &windows {
-        let (status, v) =
-            post(&c, &url, &json!({"model": "smollm", "prompt": w, "max_tokens": 0, "echo": true, "logprobs": 0}))
-                .await;
-        assert_eq!(status, 200, "{v}");
-        let lp = floats(&v["choices"][0]["logprobs"]["token_logprobs"]);
-        assert_eq!(lp.len(), w.len());
-        ours.extend(lp[1..].iter().map(|x| x.unwrap() as f32));
-        theirs.extend(eval::candle_logprobs(&mut candle, w).unwrap());
-    }
-    let (p_ours, p_theirs) = (eval::perplexity(&ours), eval::perplexity(&theirs));
-    let a = eval::agreement(&ours, &theirs);
-    eprintln!(
-        "{} windows, {} tokens scored: perplexity Sluice {p_ours:.4}, candle {p_theirs:.4}; {a:?}",
-        windows.len(),
-        ours.len()
-    );
-    assert!(ours.len() >= 300, "{} tokens", ours.len());
-    assert!(p_ours > 1.5 && p_ours < 200.0, "a language model on English email: {p_ours}");
-    assert!((p_ours / p_theirs - 1.0).abs() < 0.01, "Sluice {p_ours} vs candle {p_theirs}");
-    assert!(a.mean_abs < 0.05, "{a:?}");
 }

@@ -253,3 +253,48 @@ fn streamed(
     });
     futures::stream::iter(first).chain(events.flat_map(futures::stream::iter)).map(Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forms(v: Value) -> Result<Vec<String>, String> {
+        let show = |p: &Prompt| match p {
+            Prompt::Text(t) => format!("text:{t}"),
+            Prompt::Tokens(ids) => format!("ids:{ids:?}"),
+            Prompt::Chat(_) => "chat".into(),
+        };
+        prompts(Some(&v)).map(|ps| ps.iter().map(show).collect()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prompts_are_strings_token_ids_or_batches_of_either() {
+        assert_eq!(forms(json!("hi")).unwrap(), ["text:hi"]);
+        assert_eq!(forms(json!(["hi"])).unwrap(), ["text:hi"]);
+        assert_eq!(forms(json!([1, 2])).unwrap(), ["ids:[1, 2]"]);
+        assert_eq!(forms(json!([[1, 2], "x", [3]])).unwrap(), ["ids:[1, 2]", "text:x", "ids:[3]"]);
+        for bad in [json!([]), json!([1, "x"]), json!([[]]), json!(3), json!([-1]), json!({}), json!(null)] {
+            let e = forms(bad.clone()).unwrap_err();
+            assert!(e.contains("'prompt'"), "{bad}: {e}");
+        }
+    }
+
+    fn parsed(body: Value) -> Result<(Option<usize>, Option<usize>, usize), String> {
+        let mut body = body;
+        body["model"] = json!("m");
+        let Value::Object(m) = body else { unreachable!() };
+        params(&m)
+            .map(|(c, _, _)| (c.params.prompt_logprobs, c.params.logprobs, c.params.max_tokens))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_prompt_is_scored_only_with_echo_and_logprobs_or_no_tokens() {
+        assert_eq!(parsed(json!({"echo": true, "max_tokens": 0})), Ok((Some(0), None, 0)));
+        assert_eq!(parsed(json!({"echo": true, "logprobs": 2, "max_tokens": 5})), Ok((Some(2), Some(2), 5)));
+        assert_eq!(parsed(json!({"echo": true})), Ok((None, None, DEFAULT_MAX_TOKENS)));
+        assert_eq!(parsed(json!({"logprobs": 1})), Ok((None, Some(1), DEFAULT_MAX_TOKENS)));
+        assert!(parsed(json!({"max_tokens": 0})).unwrap_err().contains("max_tokens"));
+        assert!(parsed(json!({"logprobs": 6})).unwrap_err().contains("logprobs"));
+    }
+}
