@@ -18,6 +18,10 @@
 
 mod perplexity;
 
+/// The server's allocator, so that the engine in-process allocates as it does when served.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
