@@ -67,9 +67,12 @@ TRITONCLIENT_VERSION=2.51.0
 MIN_PYTHON=3.11
 MIN_RUST=1.92
 
-log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+# Bold only on a terminal (and not under NO_COLOR): a log file or CI output gets plain text.
+bold='' plain=''
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+log() { printf '%ssetup:%s %s\n' "$bold" "$plain" "$*"; }
 die() {
-    printf '\033[1msetup: error:\033[0m %s\n' "$*" >&2
+    printf '%ssetup: error:%s %s\n' "$bold" "$plain" "$*" >&2
     exit 1
 }
 

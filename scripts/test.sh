@@ -11,7 +11,9 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
     export PATH="$HOME/.cargo/bin:$PATH"
 fi
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+bold='' plain=''
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
 
 step "setup (scripts/setup.sh --no-build)"
 bash scripts/setup.sh --no-build
