@@ -8,6 +8,7 @@ Starts its own servers (release build) and its own redis-server (AOF, fsync ever
 free ports. Usage:
     cargo build --release -p sluice
     .venv/bin/python bench/jobs.py [--jobs 2000] [--producers 1,4,16] [--workers 4] [--rounds 2]
+                                   [--json bench/results/jobs.json]
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--latency-samples", type=int, default=50)
     ap.add_argument("--sluice", default=str(ROOT / "target/release/sluice"))
+    ap.add_argument("--json", type=Path, help="write every round's figures here")
     args = ap.parse_args()
     producers = [int(p) for p in args.producers.split(",")]
     with tempfile.TemporaryDirectory() as t:
@@ -177,7 +179,15 @@ def main() -> int:
     keys = sorted({k for r in rb for k in r})
     print("\nredis-benchmark (8 clients, requests/s, median): " +
           ", ".join(f"{k} {statistics.median(r[k] for r in rb if k in r):.0f}" for k in keys))
-    print(json.dumps({"jobs": args.jobs, "workers": args.workers}))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "jobs": args.jobs,
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "jobs_per_second": {f"{store}/{p}": v for (store, p), v in sorted(results.items())},
+            "latency_ms_sync_vs_job": latency,
+            "redis_benchmark": rb,
+        }, indent=1) + "\n")
     return 0
 
 

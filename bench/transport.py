@@ -12,9 +12,14 @@ the same C load generators so that the client is not the bottleneck:
 Each cell runs for --seconds, in --rounds interleaved rounds (echo and Sluice alternate, so
 machine noise hits both); the table reports medians and the Sluice/echo ratio.
 
+With --baseline BIN (the `sluice` binary of another commit), that build is served beside this
+one and measured in the same rounds, so that a change's cost is read as a ratio of two builds
+under the same machine noise (the "baseline" rows and the sluice/baseline column).
+
 Usage:
     cargo build --release -p sluice -p echo-server
     .venv/bin/python bench/transport.py [--seconds 5] [--rounds 3] [--concurrency 1,8,32]
+                                        [--baseline OLD/target/release/sluice] [--json OUT]
 Needs `wrk` (apt-get install wrk) and perf_analyzer (scripts/setup.sh installs it).
 """
 
@@ -132,6 +137,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--baseline", type=Path, help="another build's sluice binary, measured in the same rounds")
     args = ap.parse_args()
     concs = [int(c) for c in args.concurrency.split(",")]
     sluice_bin = ROOT / "target/release/sluice"
@@ -139,31 +145,46 @@ def main() -> int:
     for b in (sluice_bin, echo_bin):
         if not b.exists():
             sys.exit(f"{b} missing: cargo build --release -p sluice -p echo-server")
-    hp, gp, mp, ep = free_port(), free_port(), free_port(), free_port()
-    procs = [
-        subprocess.Popen([str(sluice_bin), "serve", "--model-repository", str(ROOT / "examples/models"),
-                          "--host", "127.0.0.1", "--http-port", str(hp), "--grpc-port", str(gp),
-                          "--metrics-port", str(mp), "--state-dir", tempfile.mkdtemp(prefix="sluice-state-")],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "SLUICE_LOG": "warn"}),
-        subprocess.Popen([str(echo_bin), str(ep)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
+    if args.baseline and not args.baseline.exists():
+        sys.exit(f"{args.baseline} missing")
+
+    def serve(binary: Path) -> tuple[subprocess.Popen, int, int]:
+        hp, gp, mp = free_port(), free_port(), free_port()
+        proc = subprocess.Popen([str(binary), "serve", "--model-repository", str(ROOT / "examples/models"),
+                                 "--host", "127.0.0.1", "--http-port", str(hp), "--grpc-port", str(gp),
+                                 "--metrics-port", str(mp), "--state-dir", tempfile.mkdtemp(prefix="sluice-state-")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "SLUICE_LOG": "warn"})
+        return proc, hp, gp
+
+    ep = free_port()
+    sluice_proc, hp, gp = serve(sluice_bin)
+    procs = [sluice_proc, subprocess.Popen([str(echo_bin), str(ep)], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)]
+    # (name, HTTP port, gRPC port) of every server measured; echo has no gRPC.
+    servers = [("echo", ep, None), ("sluice", hp, gp)]
+    if args.baseline:
+        base_proc, bhp, bgp = serve(args.baseline)
+        procs.append(base_proc)
+        servers.append(("baseline", bhp, bgp))
     results: dict[tuple[str, str, int], list[dict]] = {}
     try:
-        wait_ready(f"http://127.0.0.1:{hp}/v2/health/ready")
-        wait_ready(f"http://127.0.0.1:{ep}/v2/health/ready")
+        for _, port, _ in servers:
+            wait_ready(f"http://127.0.0.1:{port}/v2/health/ready")
         with tempfile.TemporaryDirectory() as t:
             tmp = Path(t)
             reqs = bodies(tmp)
             for r in range(args.rounds):
                 for conc in concs:
                     for mode, (body, headers) in reqs.items():
-                        for target, port in (("echo", ep), ("sluice", hp)):
+                        for target, port, _ in servers:
                             url = f"http://127.0.0.1:{port}/v2/models/add_sub/infer"
                             res = run_wrk(url, body, headers, conc, args.seconds, tmp)
                             results.setdefault((target, mode, conc), []).append(res)
-                    res = run_perf_analyzer(f"127.0.0.1:{gp}", conc, args.seconds, tmp)
-                    results.setdefault(("sluice", "grpc", conc), []).append(res)
+                    for target, _, grpc_port in servers:
+                        if grpc_port is not None:
+                            res = run_perf_analyzer(f"127.0.0.1:{grpc_port}", conc, args.seconds, tmp)
+                            results.setdefault((target, "grpc", conc), []).append(res)
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for p in procs:
@@ -189,6 +210,17 @@ def main() -> int:
                      f"{med(e, 'p99_ms'):.3f}" if has_echo else "-",
                      f"{med(s, 'p99_ms'):.3f}"]
             print("| " + " | ".join(cells) + " |")
+    if args.baseline:
+        print(f"\nthis build against the baseline ({args.baseline}), same rounds:\n")
+        print("| mode | concurrency | baseline req/s | sluice req/s | sluice/baseline | baseline p50 ms | sluice p50 ms | baseline p99 ms | sluice p99 ms |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for mode in ("http-json", "http-binary", "grpc"):
+            for conc in concs:
+                s, b = ("sluice", mode, conc), ("baseline", mode, conc)
+                print("| " + " | ".join([mode, str(conc), f"{med(b, 'rps'):.0f}", f"{med(s, 'rps'):.0f}",
+                                         f"{med(s, 'rps') / med(b, 'rps'):.3f}", f"{med(b, 'p50_ms'):.3f}",
+                                         f"{med(s, 'p50_ms'):.3f}", f"{med(b, 'p99_ms'):.3f}",
+                                         f"{med(s, 'p99_ms'):.3f}"]) + " |")
     errors = sum(x["errors"] for v in results.values() for x in v)
     print(f"\nerrors: {errors}; medians of {args.rounds} rounds of {args.seconds} s per cell")
     if args.json:

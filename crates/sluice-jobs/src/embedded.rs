@@ -481,6 +481,7 @@ mod tests {
     fn job(model: &str, priority: u32, key: Option<&str>, ttl_seconds: u64) -> JobRecord {
         JobRecord::new(NewJob {
             request: InferRequest { model: model.into(), ..Default::default() },
+            context: Default::default(),
             priority,
             ttl_seconds,
             callback_url: None,

@@ -1,6 +1,6 @@
 //! Asynchronous inference: jobs submitted now and run by workers later, results kept for a TTL,
 //! signed webhooks when they end. Owns the [`JobStore`] trait and its embedded durable store
-//! (`redb`), the worker loop over any [`sluice_types::InferService`], webhook signing and
+//! (`redb`), the worker loop over the endpoints a [`sluice_types::Resolver`] finds, webhook signing and
 //! delivery, and the job metrics. Nothing here knows HTTP routes or gRPC.
 
 pub mod embedded;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use sluice_types::prom::Histogram;
+use sluice_types::prom::{escape, header, Histogram};
 
 use parking_lot::Mutex;
 
@@ -64,25 +64,21 @@ impl JobMetrics {
     /// The text exposition, with the queue depth per model as the store reports it.
     pub fn render(&self, depth: &[(String, u64)]) -> String {
         let mut out = String::new();
-        out.push_str("# HELP sluice_jobs_queued Jobs waiting for a worker\n# TYPE sluice_jobs_queued gauge\n");
+        header(&mut out, "sluice_jobs_queued", "Jobs waiting for a worker", "gauge");
         for (model, n) in depth {
-            let _ = writeln!(out, "sluice_jobs_queued{{model=\"{model}\"}} {n}");
+            let _ = writeln!(out, "sluice_jobs_queued{{model=\"{}\"}} {n}", escape(model));
         }
-        out.push_str("# HELP sluice_jobs_submitted_total Jobs accepted\n# TYPE sluice_jobs_submitted_total counter\n");
+        header(&mut out, "sluice_jobs_submitted_total", "Jobs accepted", "counter");
         let _ = writeln!(out, "sluice_jobs_submitted_total {}", self.submitted.load(Relaxed));
-        out.push_str("# HELP sluice_jobs_ended_total Jobs that ended, by final status\n");
-        out.push_str("# TYPE sluice_jobs_ended_total counter\n");
+        header(&mut out, "sluice_jobs_ended_total", "Jobs that ended, by final status", "counter");
         for ((model, status), n) in self.ended.lock().iter() {
-            let _ = writeln!(out, "sluice_jobs_ended_total{{model=\"{model}\",status=\"{status}\"}} {n}");
+            let _ = writeln!(out, "sluice_jobs_ended_total{{model=\"{}\",status=\"{status}\"}} {n}", escape(model));
         }
-        out.push_str(
-            "# HELP sluice_jobs_failed_total Failed jobs by reason\n# TYPE sluice_jobs_failed_total counter\n",
-        );
+        header(&mut out, "sluice_jobs_failed_total", "Failed jobs by reason", "counter");
         for ((model, reason), n) in self.failed.lock().iter() {
-            let _ = writeln!(out, "sluice_jobs_failed_total{{model=\"{model}\",reason=\"{reason}\"}} {n}");
+            let _ = writeln!(out, "sluice_jobs_failed_total{{model=\"{}\",reason=\"{reason}\"}} {n}", escape(model));
         }
-        out.push_str("# HELP sluice_webhook_deliveries_total Webhooks by outcome\n");
-        out.push_str("# TYPE sluice_webhook_deliveries_total counter\n");
+        header(&mut out, "sluice_webhook_deliveries_total", "Webhooks by outcome", "counter");
         for (outcome, n) in self.webhooks.lock().iter() {
             let _ = writeln!(out, "sluice_webhook_deliveries_total{{outcome=\"{outcome}\"}} {n}");
         }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sluice_types::json::DataJson;
-use sluice_types::{DataType, InferRequest, InferResponse, Parameters, RequestedOutput, ServeError, Tensor};
+use sluice_types::{
+    DataType, InferRequest, InferResponse, Parameters, RequestContext, RequestedOutput, ServeError, Tensor,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,6 +114,18 @@ impl StoredRequest {
     }
 }
 
+/// The request context of the submit, so that a worker runs the job as the edge would have run
+/// the request (a route on a header picks the same model). Credentials are never stored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredContext {
+    #[serde(default)]
+    pub request_id: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
 /// One attempt to deliver the webhook.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -146,11 +160,14 @@ pub struct JobRecord {
     /// The webhook is still to be delivered (survives a restart).
     #[serde(default)]
     pub webhook_pending: bool,
+    #[serde(default)]
+    pub context: StoredContext,
 }
 
 /// What a client submits.
 pub struct NewJob {
     pub request: InferRequest,
+    pub context: RequestContext,
     pub priority: u32,
     pub ttl_seconds: u64,
     pub callback_url: Option<String>,
@@ -187,6 +204,23 @@ impl JobRecord {
             error: None,
             deliveries: Vec::new(),
             webhook_pending: false,
+            context: StoredContext {
+                request_id: job.context.request_id,
+                headers: job.context.headers,
+                identity: job.context.identity,
+            },
+        }
+    }
+
+    /// The context a worker runs the job in: the submit's, with the job id as the request id
+    /// when the submit had none. No deadline: a job waits as long as its queue does.
+    pub fn request_context(&self) -> RequestContext {
+        let c = &self.context;
+        RequestContext {
+            request_id: if c.request_id.is_empty() { self.job_id.clone() } else { c.request_id.clone() },
+            headers: c.headers.clone(),
+            identity: c.identity.clone(),
+            deadline: None,
         }
     }
 
@@ -302,9 +336,34 @@ mod tests {
     }
 
     #[test]
+    fn a_job_keeps_its_submit_context() {
+        let mut ctx = RequestContext::new("req-9").with_headers([("X-Tier", b"gold".as_slice())]);
+        ctx.deadline = Some(std::time::Instant::now());
+        let r = JobRecord::new(NewJob {
+            request: InferRequest { model: "m".into(), ..Default::default() },
+            context: ctx,
+            priority: DEFAULT_PRIORITY,
+            ttl_seconds: 10,
+            callback_url: None,
+            idempotency_key: None,
+        });
+        let back: JobRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        let c = back.request_context();
+        assert_eq!(c.request_id, "req-9");
+        assert_eq!(c.header("x-tier"), Some("gold"));
+        assert_eq!(c.deadline, None, "a job waits as long as its queue does");
+        // A record stored before contexts were kept runs under its job id.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("context");
+        let old: JobRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.request_context().request_id, old.job_id);
+    }
+
+    #[test]
     fn expiry_counts_from_the_end() {
         let mut r = JobRecord::new(NewJob {
             request: InferRequest { model: "m".into(), ..Default::default() },
+            context: RequestContext::default(),
             priority: DEFAULT_PRIORITY,
             ttl_seconds: 10,
             callback_url: None,

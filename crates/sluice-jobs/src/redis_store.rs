@@ -568,6 +568,7 @@ mod tests {
     fn job(model: &str, key: Option<&str>) -> JobRecord {
         JobRecord::new(NewJob {
             request: InferRequest { model: model.into(), ..Default::default() },
+            context: Default::default(),
             priority: 5,
             ttl_seconds: 60,
             callback_url: None,

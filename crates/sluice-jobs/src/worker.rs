@@ -1,12 +1,12 @@
 //! [`Jobs`]: what the edges call (submit, get, cancel, list) and the workers that run queued
-//! jobs through an [`InferService`], store the outcome and deliver webhooks.
+//! jobs through the endpoint a [`Resolver`] names, in the context of their submit, store the outcome and deliver webhooks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_types::{InferService, ServeError};
+use sluice_types::{Resolver, ServeError};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -108,19 +108,20 @@ impl Jobs {
         Ok(r)
     }
 
-    /// Starts `n` workers that run jobs through `service` for the models `models()` names,
+    /// Starts `n` workers that run jobs through the endpoints `resolver` finds, for the models
+    /// `models()` names,
     /// until `stop` turns true (each finishes the job it holds first).
     pub fn start_workers(
         self: &Arc<Self>,
         n: usize,
-        service: Arc<dyn InferService>,
+        resolver: Arc<dyn Resolver>,
         models: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
         stop: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
         (0..n)
             .map(|_| {
-                let (jobs, service, models, stop) = (self.clone(), service.clone(), models.clone(), stop.clone());
-                tokio::spawn(async move { jobs.worker(service, models, stop).await })
+                let (jobs, resolver, models, stop) = (self.clone(), resolver.clone(), models.clone(), stop.clone());
+                tokio::spawn(async move { jobs.worker(resolver, models, stop).await })
             })
             .collect()
     }
@@ -149,7 +150,7 @@ impl Jobs {
 
     async fn worker(
         &self,
-        service: Arc<dyn InferService>,
+        resolver: Arc<dyn Resolver>,
         models: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -163,7 +164,7 @@ impl Jobs {
                 c = self.store.claim(&serving, Duration::from_secs(1)) => c,
             };
             match claimed {
-                Ok(Some(job)) => self.run(job, service.as_ref()).await,
+                Ok(Some(job)) => self.run(job, resolver.as_ref()).await,
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a job");
@@ -173,7 +174,7 @@ impl Jobs {
         }
     }
 
-    async fn run(&self, mut job: JobRecord, service: &dyn InferService) {
+    async fn run(&self, mut job: JobRecord, resolver: &dyn Resolver) {
         let started = job.started_ms.unwrap_or_else(now_ms);
         self.metrics.started(started.saturating_sub(job.created_ms) as f64 / 1000.0);
         if job.attempts > self.cfg.max_attempts {
@@ -194,8 +195,14 @@ impl Jobs {
                 }
             }
         };
+        let ctx = job.request_context();
+        let span = tracing::info_span!("job", job = %job.job_id, request_id = %ctx.request_id);
+        let infer = async {
+            let endpoint = resolver.resolve(&request.model, request.version.as_deref())?;
+            endpoint.infer(&ctx, request).await.map(|a| a.response)
+        };
         let outcome = tokio::select! {
-            r = service.infer(request) => Some(r),
+            r = tracing::Instrument::instrument(infer, span) => Some(r),
             _ = cancel_rx => None,
             _ = heartbeat => None,
         };

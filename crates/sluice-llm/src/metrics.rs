@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use sluice_types::prom::{header, Histogram};
+use sluice_types::prom::{escape, header, Histogram};
 
 static FIRST: [f64; 14] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
 static INTER: [f64; 13] = [0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0];
@@ -63,10 +63,12 @@ pub fn render(out: &mut String, all: &[(&str, u64, &GenMetrics)]) {
         }),
         ("sluice_llm_request_duration_seconds", "Time from arrival to the end of a generation", |m| &m.end_to_end),
     ];
+    let labels: Vec<String> =
+        all.iter().map(|(model, version, _)| format!("model=\"{}\",version=\"{version}\"", escape(model))).collect();
     for (name, help, pick) in histograms {
         header(out, name, help, "histogram");
-        for (model, version, m) in all {
-            pick(m).render_series(out, name, &format!("model=\"{model}\",version=\"{version}\""));
+        for ((_, _, m), l) in all.iter().zip(&labels) {
+            pick(m).render_series(out, name, l);
         }
     }
     type Count = fn(&GenMetrics) -> i64;
@@ -82,18 +84,14 @@ pub fn render(out: &mut String, all: &[(&str, u64, &GenMetrics)]) {
     ];
     for (name, help, kind, value) in scalars {
         header(out, name, help, kind);
-        for (model, version, m) in all {
-            let _ = writeln!(out, "{name}{{model=\"{model}\",version=\"{version}\"}} {}", value(m));
+        for ((_, _, m), l) in all.iter().zip(&labels) {
+            let _ = writeln!(out, "{name}{{{l}}} {}", value(m));
         }
     }
     header(out, "sluice_llm_requests_total", "Generation requests that ended, by reason", "counter");
-    for (model, version, m) in all {
+    for ((_, _, m), l) in all.iter().zip(&labels) {
         for (reason, n) in END_REASONS.iter().zip(&m.ended) {
-            let _ = writeln!(
-                out,
-                "sluice_llm_requests_total{{model=\"{model}\",version=\"{version}\",reason=\"{reason}\"}} {}",
-                n.load(Relaxed)
-            );
+            let _ = writeln!(out, "sluice_llm_requests_total{{{l},reason=\"{reason}\"}} {}", n.load(Relaxed));
         }
     }
 }

@@ -130,7 +130,13 @@ pub struct ModelRepository {
     table: Arc<RwLock<Arc<Table>>>,
     tx: mpsc::Sender<Command>,
     opts: Arc<RepositoryOptions>,
+    required: Required,
 }
+
+/// The models the server must serve to be ready, as the actor last worked them out (at start,
+/// and after each poll); `None` until the start-up loads ran. Kept so that a readiness probe
+/// reads a list instead of scanning the repositories' directories.
+type Required = Arc<RwLock<Option<Arc<Vec<String>>>>>;
 
 impl ModelRepository {
     /// Starts the actor; call [`ModelRepository::load_startup_models`] to load what the mode says.
@@ -138,9 +144,16 @@ impl ModelRepository {
         let table = Arc::new(RwLock::new(Arc::new(Table::new())));
         let (tx, rx) = mpsc::channel(64);
         let opts = Arc::new(opts);
-        let actor = Actor { table: Table::new(), published: table.clone(), opts: opts.clone(), inline_seq: 0 };
+        let required = Required::default();
+        let actor = Actor {
+            table: Table::new(),
+            published: table.clone(),
+            opts: opts.clone(),
+            inline_seq: 0,
+            required: required.clone(),
+        };
         tokio::spawn(actor.run(rx));
-        ModelRepository { table, tx, opts }
+        ModelRepository { table, tx, opts, required }
     }
 
     pub fn options(&self) -> &RepositoryOptions {
@@ -246,13 +259,11 @@ impl ModelRepository {
         v
     }
 
-    /// True when every model that must be loaded at start is ready.
+    /// True when the start-up loads ran and every model they had to load (in poll mode: every
+    /// model the last poll found) is ready.
     pub fn required_ready(&self) -> bool {
+        let Some(required) = self.required.read().clone() else { return false };
         let table = self.snapshot();
-        let required: Vec<String> = match self.opts.control_mode {
-            ControlMode::Explicit => self.opts.startup_models.clone(),
-            ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
-        };
         required.iter().all(|m| table.get(m).is_some_and(|r| r.ready_versions().next().is_some()))
     }
 
@@ -369,6 +380,7 @@ struct Actor {
     published: Arc<RwLock<Arc<Table>>>,
     opts: Arc<RepositoryOptions>,
     inline_seq: u64,
+    required: Required,
 }
 
 /// A version built and started, not yet taking traffic.
@@ -400,11 +412,12 @@ impl Actor {
                         ControlMode::Explicit => self.opts.startup_models.clone(),
                         ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
                     };
-                    for name in names {
-                        if let Err(e) = self.load(&name, None).await {
+                    for name in &names {
+                        if let Err(e) = self.load(name, None).await {
                             tracing::error!(model = %name, error = %e, "failed to load model");
                         }
                     }
+                    *self.required.write() = Some(Arc::new(names));
                     let _ = reply.send(Ok(()));
                 }
                 Command::Poll { reply } => {
@@ -461,6 +474,10 @@ impl Actor {
     async fn load(&mut self, name: &str, ov: Option<LoadOverride>) -> Result<(), ServeError> {
         if name.is_empty() || name.contains('/') || name.contains("..") {
             return Err(ServeError::invalid(format!("invalid model name '{name}'")));
+        }
+        // Triton's rule, for both edges: files sent inline come with the config they run under.
+        if ov.as_ref().is_some_and(|o| !o.files.is_empty() && o.config_json.is_none()) {
+            return Err(ServeError::invalid("loading model files inline needs a 'config' parameter too"));
         }
         let fingerprint = self.find_model_dir(name).map(|d| fingerprint(&d)).unwrap_or(0);
         let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord::loading(name));
@@ -616,6 +633,10 @@ impl Actor {
             let _ = self.unload(&name).await;
             self.table.remove(&name);
             self.publish();
+        }
+        let mut required = self.required.write();
+        if required.is_some() {
+            *required = Some(Arc::new(present));
         }
     }
 

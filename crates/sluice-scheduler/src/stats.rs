@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use sluice_types::api::{BatchStats, InferenceStats, ModelStatistics, StatDuration};
+use sluice_types::prom::Histogram;
 use sluice_types::ServeError;
 
 #[derive(Default)]
@@ -26,48 +27,6 @@ impl Duration {
     }
 }
 
-/// Upper bounds (seconds) of the request latency histograms.
-pub const LATENCY_BUCKETS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// A Prometheus-style histogram with fixed buckets, in seconds.
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram { buckets: Default::default(), count: AtomicU64::new(0), sum_ns: AtomicU64::new(0) }
-    }
-}
-
-impl Histogram {
-    pub fn observe_ns(&self, ns: u64) {
-        let secs = ns as f64 / 1e9;
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-    }
-
-    /// Cumulative bucket counts, total count and sum in seconds.
-    pub fn snapshot(&self) -> (Vec<(f64, u64)>, u64, f64) {
-        let mut acc = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&b, c)| {
-                acc += c.load(Relaxed);
-                (b, acc)
-            })
-            .collect();
-        (buckets, self.count.load(Relaxed), self.sum_ns.load(Relaxed) as f64 / 1e9)
-    }
-}
-
 #[derive(Default)]
 struct BatchCounters {
     input: Duration,
@@ -78,7 +37,6 @@ struct BatchCounters {
 /// Failure reasons as Triton's `nv_inference_request_failure{reason}` names them.
 pub const FAILURE_REASONS: [&str; 4] = ["REJECTED", "CANCELED", "BACKEND", "OTHER"];
 
-#[derive(Default)]
 pub struct ModelStats {
     pub success: Duration,
     pub fail: Duration,
@@ -97,6 +55,29 @@ pub struct ModelStats {
     pub request_latency: Histogram,
     pub queue_latency: Histogram,
     pub compute_latency: Histogram,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        ModelStats {
+            success: Duration::default(),
+            fail: Duration::default(),
+            queue: Duration::default(),
+            compute_input: Duration::default(),
+            compute_infer: Duration::default(),
+            compute_output: Duration::default(),
+            inference_count: AtomicU64::default(),
+            execution_count: AtomicU64::default(),
+            pending: AtomicI64::default(),
+            executing: AtomicI64::default(),
+            last_inference_ms: AtomicU64::default(),
+            failures: Default::default(),
+            batches: Mutex::default(),
+            request_latency: Histogram::latency(),
+            queue_latency: Histogram::latency(),
+            compute_latency: Histogram::latency(),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -186,20 +167,6 @@ impl ModelStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_is_cumulative() {
-        let h = Histogram::default();
-        h.observe_ns(50_000); // 50 us
-        h.observe_ns(2_000_000); // 2 ms
-        h.observe_ns(20_000_000_000); // beyond the last bucket
-        let (b, count, sum) = h.snapshot();
-        assert_eq!(count, 3);
-        assert_eq!(b[0], (0.0001, 1));
-        assert_eq!(b.iter().find(|(le, _)| *le == 0.0025).unwrap().1, 2);
-        assert_eq!(b.last().unwrap().1, 2);
-        assert!((sum - 20.00205).abs() < 1e-9);
-    }
 
     #[test]
     fn snapshot_has_batch_stats() {

@@ -1,4 +1,5 @@
-//! The server: the [`engine::Engine`] façade that both edges call, the HTTP edge (axum), the
+//! The server: the [`engine::Engine`] façade that every edge calls (it resolves a served name to
+//! its endpoint; a model version is one, in `version`), the HTTP edge (axum), the
 //! gRPC edge (tonic), Prometheus metrics, and start-up and graceful shutdown.
 
 pub mod engine;
@@ -8,6 +9,7 @@ pub mod http;
 pub mod metrics;
 mod request_log;
 pub mod server;
+mod version;
 
 pub use engine::Engine;
 pub use server::{build_engine, start, EngineOptions, JobsOptions, RunningServer, ServerConfig};

@@ -6,8 +6,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
 use sluice_repository::ModelRepository;
-use sluice_scheduler::stats::Histogram;
 use sluice_scheduler::ModelStats;
+use sluice_types::prom::{escape, header, Histogram};
 
 struct Family {
     name: &'static str,
@@ -83,32 +83,20 @@ const FAMILIES: [Family; 10] = [
     },
 ];
 
-fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let (buckets, count, sum) = h.snapshot();
-    for (le, c) in buckets {
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {c}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-}
-
 /// Renders every metric of every ready model version.
 pub fn render(repo: &ModelRepository) -> String {
     let versions = repo.all_ready();
     let mut out = String::with_capacity(4096);
     let labels: Vec<String> =
         versions.iter().map(|v| format!("model=\"{}\",version=\"{}\"", escape(&v.name), v.version)).collect();
-    let _ = writeln!(out, "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes");
-    let _ = writeln!(out, "# TYPE nv_inference_request_failure counter");
+    header(&mut out, "nv_inference_request_failure", "Number of failed inference requests, all batch sizes", "counter");
     for (v, l) in versions.iter().zip(&labels) {
         for (reason, n) in v.stats().failures() {
             let _ = writeln!(out, "nv_inference_request_failure{{{l},reason=\"{reason}\"}} {n}");
         }
     }
     for f in &FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        header(&mut out, f.name, f.help, f.kind);
         for (v, l) in versions.iter().zip(&labels) {
             let _ = writeln!(out, "{}{{{l}}} {}", f.name, (f.value)(v.stats()));
         }
@@ -120,15 +108,13 @@ pub fn render(repo: &ModelRepository) -> String {
         ("sluice_compute_duration_seconds", "Time of one model execution (a batch)", |s| &s.compute_latency),
     ];
     for (name, help, get) in hists {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
+        header(&mut out, name, help, "histogram");
         for (v, l) in versions.iter().zip(&labels) {
-            histogram(&mut out, name, l, get(v.stats()));
+            get(v.stats()).render_series(&mut out, name, l);
         }
     }
     let name = "sluice_batch_size";
-    let _ = writeln!(out, "# HELP {name} Inferences per model execution (the batches the scheduler formed)");
-    let _ = writeln!(out, "# TYPE {name} histogram");
+    header(&mut out, name, "Inferences per model execution (the batches the scheduler formed)", "histogram");
     for (v, l) in versions.iter().zip(&labels) {
         let counts = v.stats().batch_size_counts();
         for le in BATCH_BUCKETS {
@@ -150,7 +136,3 @@ pub fn render(repo: &ModelRepository) -> String {
 }
 
 const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}

@@ -9,14 +9,12 @@
 
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use sluice_types::endpoint::clip;
 use sluice_types::ServeError;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
-
-/// Longest client-chosen id kept in the logs: a header can be kilobytes long.
-const MAX_ID_LEN: usize = 128;
 
 #[derive(Clone, Copy)]
 pub struct RequestSpan;
@@ -81,12 +79,6 @@ pub fn record_v2_id(id: Option<&str>) {
     }
 }
 
-/// At most [`MAX_ID_LEN`] bytes, cut at a character boundary.
-fn clip(s: &str) -> &str {
-    let end = (0..=MAX_ID_LEN.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
-    &s[..end]
-}
-
 /// An error answer in the logs, by either edge: a failure of the server (HTTP 500) at error
 /// level, anything the client can fix or retry at debug level (a busy server would otherwise log
 /// every 429).
@@ -96,18 +88,5 @@ pub fn log_error(e: &ServeError) {
         tracing::error!(status = status.as_u16(), error = %e, "request failed");
     } else {
         tracing::debug!(status = status.as_u16(), error = %e, "request refused");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_ids_are_cut_at_a_character_boundary() {
-        assert_eq!(clip("abc"), "abc");
-        assert_eq!(clip(&"é".repeat(100)).len(), 128);
-        let odd = format!("a{}", "é".repeat(100));
-        assert_eq!(clip(&odd).len(), 127);
     }
 }

@@ -122,8 +122,8 @@ async fn start_jobs(
         let engine = engine.clone();
         Arc::new(move || engine.ready_models())
     };
-    let service: Arc<dyn sluice_types::InferService> = engine.clone();
-    let mut tasks = jobs.start_workers(o.workers, service, models, stop.clone());
+    let resolver: Arc<dyn sluice_types::Resolver> = engine.clone();
+    let mut tasks = jobs.start_workers(o.workers, resolver, models, stop.clone());
     tasks.push(jobs.start_maintenance(stop.clone()));
     Ok((jobs, tasks))
 }

@@ -284,7 +284,7 @@ async fn unload_waits_for_in_flight_requests() {
     server.shutdown().await;
 }
 
-/// The narrow case behind the retry in `Engine::infer_timed`: a request that looked up the old
+/// The narrow case behind the retry in the model-version endpoint's `infer`: a request that looked up the old
 /// version just before a reload swapped it out, and queues after the old runner closed. Many
 /// callers in tight loops on the engine itself (no HTTP) make the window likely to be hit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -306,7 +306,12 @@ async fn requests_racing_a_swap_are_retried_on_the_new_version() {
                         inputs: vec![t("INPUT0"), t("INPUT1")],
                         ..Default::default()
                     };
-                    match engine.infer_timed(req).await {
+                    let ctx = sluice_types::RequestContext::new("race");
+                    let answer = match engine.resolve("add_sub", None) {
+                        Ok(endpoint) => endpoint.infer(&ctx, req).await,
+                        Err(e) => Err(e),
+                    };
+                    match answer {
                         Ok(_) => ok += 1,
                         Err(e) => errors.push(e.to_string()),
                     }

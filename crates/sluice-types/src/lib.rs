@@ -1,20 +1,21 @@
 //! Shared vocabulary of Sluice: tensors and datatypes, inference requests and responses, the
-//! model configuration, the one error enum `ServeError`, and the `InferService` trait that every
-//! layer talks through. No internal dependencies.
+//! model configuration, the one error enum `ServeError`, and the seam every layer talks
+//! through: the [`Endpoint`] trait, the [`Resolver`] that finds one for a served name, and the
+//! [`RequestContext`] a request carries. No internal dependencies.
 
 pub mod api;
 pub mod config;
 mod datatype;
+pub mod endpoint;
 mod error;
 pub mod json;
 pub mod prom;
 mod request;
-mod service;
 mod tensor;
 
 pub use config::ModelConfig;
 pub use datatype::DataType;
+pub use endpoint::{Answer, Endpoint, RequestContext, Resolver};
 pub use error::{Result, ServeError};
 pub use request::{InferRequest, InferResponse, Parameters, RequestedOutput, Timings};
-pub use service::InferService;
 pub use tensor::{element_count, Element, Tensor, TensorData};

@@ -3,6 +3,11 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Upper bounds (seconds) of the request latency histograms.
+pub static LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The one histogram type of every metric (model latencies, generation, jobs).
 pub struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
@@ -19,6 +24,15 @@ impl Histogram {
             count: AtomicU64::new(0),
             sum_us: AtomicU64::new(0),
         }
+    }
+
+    /// Request latencies: 100 µs to 10 s.
+    pub fn latency() -> Histogram {
+        Histogram::new(&LATENCY_BUCKETS)
+    }
+
+    pub fn observe_ns(&self, ns: u64) {
+        self.observe(ns as f64 / 1e9)
     }
 
     pub fn observe(&self, secs: f64) {
@@ -51,6 +65,11 @@ impl Histogram {
     }
 }
 
+/// A label value as the text format needs it: backslash, double quote and newline escaped.
+pub fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// The `# HELP` and `# TYPE` lines of a family.
 pub fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -73,5 +92,25 @@ mod tests {
         assert!(s.contains("x_bucket{model=\"m\",le=\"1\"} 2\n"), "{s}");
         assert!(s.contains("x_bucket{model=\"m\",le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count{model=\"m\"} 3\n"), "{s}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn latency_buckets_take_nanoseconds() {
+        let h = Histogram::latency();
+        h.observe_ns(50_000); // 50 us
+        h.observe_ns(2_000_000); // 2 ms
+        h.observe_ns(20_000_000_000); // beyond the last bucket
+        let mut s = String::new();
+        h.render_series(&mut s, "x", "");
+        assert!(s.contains("x_bucket{le=\"0.0001\"} 1\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"0.0025\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"10\"} 2\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 3\n"), "{s}");
+        assert!(s.contains("x_sum 20.00205\n"), "{s}");
     }
 }

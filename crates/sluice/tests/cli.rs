@@ -72,7 +72,7 @@ async fn models_list_status_load_unload() {
         ok(&sluice(&url, &["load", "add_sub", "--config", cfg.to_str().unwrap()]).await).trim(),
         "loaded add_sub"
     );
-    assert_eq!(server.engine.model_config("add_sub", None).unwrap().max_batch_size, 4);
+    assert_eq!(server.engine.resolve("add_sub", None).unwrap().config().max_batch_size, 4);
     // A JSON config goes as it is; the server's refusal is the message, and the exit code says so.
     let json = dir.path().join("wrong.json");
     std::fs::write(&json, r#"{"name": "other"}"#).unwrap();

@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use sluice_llm::Event;
 use sluice_repository::LoadOverride;
-use sluice_types::{InferResponse, ServeError};
+use sluice_types::{InferResponse, RequestContext, ServeError};
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
@@ -39,21 +41,70 @@ fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported by this server"))
 }
 
-async fn infer(engine: &Engine, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ServeError> {
+/// The request context of a call: its metadata (binary entries left out), as its id
+/// `x-request-id` or a generated one (recorded on the call's log span), and the deadline that
+/// `grpc-timeout` sets.
+fn context(meta: &MetadataMap) -> RequestContext {
+    let id = match meta.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => id.to_string(),
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            tracing::Span::current().record("request_id", id.as_str());
+            id
+        }
+    };
+    let headers = meta.iter().filter_map(|kv| match kv {
+        KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.as_bytes())),
+        KeyAndValueRef::Binary(..) => None,
+    });
+    let mut ctx = RequestContext::new(id).with_headers(headers);
+    ctx.deadline =
+        meta.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(grpc_timeout).map(|d| Instant::now() + d);
+    ctx
+}
+
+/// gRPC's `grpc-timeout`: at most 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+async fn infer(
+    engine: &Engine,
+    ctx: &RequestContext,
+    req: pb::ModelInferRequest,
+) -> Result<pb::ModelInferResponse, ServeError> {
+    let endpoint = engine.resolve(&req.model_name, opt(&req.model_version))?;
     let request = convert::infer_request(req)?;
-    let answer = engine.infer_timed(request).await?;
+    let answer = endpoint.infer(ctx, request).await?;
     Ok(convert::infer_response(answer.response))
 }
 
 /// One answer of a stream: the response, or the error in `error_message` (the stream goes on).
-async fn stream_answer(engine: Arc<Engine>, req: pb::ModelInferRequest) -> pb::ModelStreamInferResponse {
+async fn stream_answer(
+    engine: Arc<Engine>,
+    ctx: RequestContext,
+    req: pb::ModelInferRequest,
+) -> pb::ModelStreamInferResponse {
     let echo = pb::ModelInferResponse {
         model_name: req.model_name.clone(),
         model_version: req.model_version.clone(),
         id: req.id.clone(),
         ..Default::default()
     };
-    match infer(&engine, req).await {
+    match infer(&engine, &ctx, req).await {
         Ok(resp) => pb::ModelStreamInferResponse { error_message: String::new(), infer_response: Some(resp) },
         Err(e) => pb::ModelStreamInferResponse { error_message: e.to_string(), infer_response: Some(echo) },
     }
@@ -63,11 +114,16 @@ async fn stream_answer(engine: Arc<Engine>, req: pb::ModelInferRequest) -> pb::M
 /// (decoupled, as Triton's vLLM backend). With `triton_enable_empty_final_response` (what
 /// tritonclient sends for `enable_empty_final_response=True`) every response carries
 /// `triton_final_response` and an empty last one marks the end.
-fn answers_of(engine: Arc<Engine>, req: pb::ModelInferRequest) -> BoxStream<'static, pb::ModelStreamInferResponse> {
+fn answers_of(
+    engine: Arc<Engine>,
+    mut ctx: RequestContext,
+    req: pb::ModelInferRequest,
+) -> BoxStream<'static, pb::ModelStreamInferResponse> {
+    ctx.adopt_v2_id(Some(&req.id));
     let generative =
         engine.repository().get(&req.model_name, opt(&req.model_version)).is_ok_and(|s| s.generator.is_some());
     if !generative {
-        return futures::stream::once(stream_answer(engine, req)).boxed();
+        return futures::stream::once(stream_answer(engine, ctx, req)).boxed();
     }
     let echo = pb::ModelInferResponse {
         model_name: req.model_name.clone(),
@@ -183,7 +239,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        Ok(Response::new(pb::ModelReadyResponse { ready: self.engine.model_ready(&r.name, opt(&r.version)) }))
+        let ready = self.engine.resolve(&r.name, opt(&r.version)).is_ok_and(|e| e.ready());
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
@@ -199,7 +256,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let m = self.engine.model_metadata(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?;
+        let m = self.engine.resolve(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?.metadata();
         Ok(Response::new(config::model_metadata(&m)))
     }
 
@@ -208,9 +265,11 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // If the client goes away, tonic drops this future, and with it the queued request.
+        let mut ctx = context(request.metadata());
         let request = request.into_inner();
         crate::request_log::record_v2_id(Some(&request.id));
-        let resp = infer(&self.engine, request).await.map_err(|e| status_from(&e))?;
+        ctx.adopt_v2_id(Some(&request.id));
+        let resp = infer(&self.engine, &ctx, request).await.map_err(|e| status_from(&e))?;
         Ok(Response::new(resp))
     }
 
@@ -221,12 +280,13 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let engine = self.engine.clone();
+        let ctx = context(request.metadata());
         // Answers go out as they complete. Everything in flight lives inside this stream, so a
         // client that goes away drops (and so cancels) its queued requests and generations.
         let answers = request
             .into_inner()
             .map(move |item| match item {
-                Ok(req) => answers_of(engine.clone(), req).map(Ok).boxed(),
+                Ok(req) => answers_of(engine.clone(), ctx.clone(), req).map(Ok).boxed(),
                 // A broken inbound stream (bad frame, message too large) ends the call.
                 Err(status) => futures::stream::once(async { Err(status) }).boxed(),
             })
@@ -239,7 +299,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelConfigRequest>,
     ) -> Result<Response<pb::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let c = self.engine.model_config(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?;
+        let c = self.engine.resolve(&r.name, opt(&r.version)).map_err(|e| status_from(&e))?.config();
         Ok(Response::new(pb::ModelConfigResponse { config: Some(config::model_config(&c)) }))
     }
 
@@ -341,5 +401,21 @@ impl GrpcInferenceService for InferenceService {
         _: Request<pb::LogSettingsRequest>,
     ) -> Result<Response<pb::LogSettingsResponse>, Status> {
         Err(unimplemented("changing log settings (LogSettings)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }

@@ -94,11 +94,17 @@ async fn submit_job(
     let json_len = header_len.unwrap_or(body.len()).min(body.len());
     let header = body.slice(..json_len);
     let (request, _) = decode_request(model, version, body, header_len)?;
-    crate::request_log::record_v2_id(request.id.as_deref());
+    let context = super::context(headers, request.id.as_deref());
     // The JSON is known to parse by now: what fails here is a job field of the wrong type.
     let opts: JobOptions = serde_json::from_slice(&header)
         .map_err(|e| ServeError::invalid(format!("job options (callback_url, priority, ttl_seconds): {e}")))?;
-    s.engine.check_request(&request)?;
+    // An unknown model or inputs that do not fit are refused now, not when a worker gets to
+    // them; a model that is loading is accepted unchecked.
+    match s.engine.resolve(&request.model, request.version.as_deref()) {
+        Ok(endpoint) => endpoint.check(&request)?,
+        Err(ServeError::Unavailable(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let ttl_seconds = opts.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
         return Err(HttpError(ServeError::invalid(format!(
@@ -120,7 +126,7 @@ async fn submit_job(
         ),
     };
     let (record, new) = jobs
-        .submit(NewJob { request, priority, ttl_seconds, callback_url: opts.callback_url, idempotency_key })
+        .submit(NewJob { request, context, priority, ttl_seconds, callback_url: opts.callback_url, idempotency_key })
         .await?;
     let url = poll_url(&record.job_id);
     let body = json!({ "job_id": record.job_id, "status": record.status.as_str(), "poll_url": url });

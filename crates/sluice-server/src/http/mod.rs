@@ -161,7 +161,7 @@ async fn server_metadata(State(s): State<AppState>) -> Response {
 }
 
 fn metadata(s: &AppState, model: &str, version: Option<&str>) -> HttpResult<Response> {
-    Ok(Json(s.engine.model_metadata(model, version)?).into_response())
+    Ok(Json(s.engine.resolve(model, version)?.metadata()).into_response())
 }
 
 async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
@@ -179,7 +179,7 @@ async fn model_metadata_v(
 /// and Triton's 400 with an error for a name no repository holds: a client reads 5xx as "the
 /// server is broken".
 fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
-    if s.engine.model_ready(model, version) {
+    if s.engine.resolve(model, version).is_ok_and(|e| e.ready()) {
         return (StatusCode::OK, Json(json!({ "name": model, "ready": true }))).into_response();
     }
     if !s.engine.model_known(model) {
@@ -198,7 +198,7 @@ async fn model_ready_v(State(s): State<AppState>, Path((model, version)): Path<(
 }
 
 fn config(s: &AppState, model: &str, version: Option<&str>) -> HttpResult<Response> {
-    Ok(Json(&*s.engine.model_config(model, version)?).into_response())
+    Ok(Json(&*s.engine.resolve(model, version)?.config()).into_response())
 }
 
 async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
@@ -264,6 +264,9 @@ async fn infer_v(
 
 const HEADER_LEN: &str = "inference-header-content-length";
 
+/// Bodies larger than this are decoded on a blocking thread.
+const BLOCKING_DECODE_BYTES: usize = 64 * 1024;
+
 fn header_len(headers: &HeaderMap) -> HttpResult<Option<usize>> {
     match headers.get(HEADER_LEN) {
         None => Ok(None),
@@ -284,15 +287,21 @@ async fn run_infer(
 ) -> HttpResult<Response> {
     let body = body_or_error(s, body)?;
     let header_len = header_len(headers)?;
+    let endpoint = s.engine.resolve(model, version)?;
     let (req, enc) = if header_len == Some(0) {
-        let config = s.engine.model_config(model, version)?;
-        (decode_raw_request(model, version, &config, body)?, OutputEncoding { all_binary: true })
+        (decode_raw_request(model, version, &endpoint.config(), body)?, OutputEncoding { all_binary: true })
+    } else if body.len() > BLOCKING_DECODE_BYTES {
+        // Parsing megabytes of JSON takes milliseconds: not on a tokio worker.
+        let (model, version) = (model.to_string(), version.map(str::to_string));
+        tokio::task::spawn_blocking(move || decode_request(&model, version.as_deref(), body, header_len))
+            .await
+            .map_err(|e| ServeError::Internal(format!("the request decoding task failed: {e}")))??
     } else {
         decode_request(model, version, body, header_len)?
     };
-    crate::request_log::record_v2_id(req.id.as_deref());
+    let ctx = context(headers, req.id.as_deref());
     let requested = req.outputs.clone();
-    let answer = s.engine.infer_timed(req).await?;
+    let answer = endpoint.infer(&ctx, req).await?;
     let (body, json_len) = encode_response(&answer.response, &requested, &enc);
     let mut resp = Response::new(axum::body::Body::from(body));
     let h = resp.headers_mut();
@@ -309,6 +318,18 @@ async fn run_infer(
     let compute = answer.timings.compute_input_ns + answer.timings.compute_infer_ns + answer.timings.compute_output_ns;
     h.insert("sluice-compute-time-us", HeaderValue::from(compute / 1000));
     Ok(resp)
+}
+
+/// The request context of an HTTP request: its headers, and as its id the V2 body's `id` when
+/// there is one, else `x-request-id` (which the request-id layer sets when the client did not).
+/// The V2 id is recorded on the request's log span too.
+pub(crate) fn context(headers: &HeaderMap, v2_id: Option<&str>) -> sluice_types::RequestContext {
+    crate::request_log::record_v2_id(v2_id);
+    let header_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let mut ctx = sluice_types::RequestContext::new(header_id)
+        .with_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    ctx.adopt_v2_id(v2_id);
+    ctx
 }
 
 fn json_body(body: &Bytes) -> HttpResult<Value> {
@@ -349,9 +370,6 @@ async fn load_model(
                 ov.files.insert(path.to_string(), bytes);
             }
         }
-    }
-    if !ov.files.is_empty() && ov.config_json.is_none() {
-        return Err(ServeError::invalid("loading model files inline needs a 'config' parameter too").into());
     }
     let ov = (ov.config_json.is_some() || !ov.files.is_empty()).then_some(ov);
     s.engine.load_model(&model, ov).await?;

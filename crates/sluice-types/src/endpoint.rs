@@ -1,0 +1,158 @@
+//! The seam every edge (HTTP, gRPC, the OpenAI routes, job workers) talks through: a served name
+//! resolves to an [`Endpoint`], and every request carries a [`RequestContext`] from the edge to
+//! whatever answers it. A model version is one kind of endpoint; traffic policies over other
+//! endpoints are others, and an edge cannot tell them apart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::api::{ModelMetadata, ModelStatistics};
+use crate::{InferRequest, InferResponse, ModelConfig, ServeError, Timings};
+
+/// Longest request id kept: a header can be kilobytes long.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Header names never kept in a context that may be stored (a job's): credentials.
+const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+/// What travels with one request from the edge to every endpoint it reaches (and into a job).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestContext {
+    /// The V2 request's `id`, else the client's `x-request-id`, else one generated at the edge.
+    pub request_id: String,
+    /// HTTP headers or gRPC metadata, names in lower case, in arrival order (a name may repeat).
+    pub headers: Vec<(String, String)>,
+    /// Who is calling, once authentication names them.
+    pub identity: Option<String>,
+    /// When the caller stops waiting (gRPC's `grpc-timeout`); work still queued then is refused.
+    pub deadline: Option<Instant>,
+}
+
+impl RequestContext {
+    pub fn new(request_id: impl Into<String>) -> Self {
+        RequestContext { request_id: clip(&request_id.into()).to_string(), ..Default::default() }
+    }
+
+    /// The first value of a header (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Keeps `headers` (names lower-cased, values that are not text dropped), leaving out
+    /// credentials.
+    pub fn with_headers<'a>(mut self, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        self.headers = headers
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                if SECRET_HEADERS.contains(&k.as_str()) {
+                    return None;
+                }
+                Some((k, std::str::from_utf8(v).ok()?.to_string()))
+            })
+            .collect();
+        self
+    }
+
+    /// The V2 request's own `id` takes over as the request id when there is one.
+    pub fn adopt_v2_id(&mut self, id: Option<&str>) {
+        if let Some(id) = id.filter(|id| !id.is_empty()) {
+            self.request_id = clip(id).to_string();
+        }
+    }
+
+    /// Time left before the deadline: `Some(0)` once it has passed.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// At most [`MAX_REQUEST_ID_LEN`] bytes, cut at a character boundary.
+pub fn clip(s: &str) -> &str {
+    let end = (0..=MAX_REQUEST_ID_LEN.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    &s[..end]
+}
+
+/// An answer and where its time went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub response: InferResponse,
+    pub timings: Timings,
+}
+
+/// A served name: a model version, or a policy over other endpoints.
+#[async_trait]
+pub trait Endpoint: Send + Sync {
+    /// The name it is served under.
+    fn name(&self) -> &str;
+
+    /// Whether it takes requests now.
+    fn ready(&self) -> bool;
+
+    /// Inputs and outputs as a client sees them (a text model takes text, not token ids).
+    fn metadata(&self) -> ModelMetadata;
+
+    /// The configuration, in Triton's model-configuration JSON.
+    fn config(&self) -> Arc<ModelConfig>;
+
+    /// Statistics in Triton's form: one entry per model version behind it.
+    fn statistics(&self) -> Vec<ModelStatistics>;
+
+    /// Refuses now a request that could never run (inputs that do not fit), as a job submit
+    /// must, without running it.
+    fn check(&self, request: &InferRequest) -> Result<(), ServeError>;
+
+    /// Runs one request.
+    async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError>;
+}
+
+/// Finds the endpoint for a served name: what edges and job workers hold instead of an engine.
+pub trait Resolver: Send + Sync {
+    /// The endpoint serving `name` (at `version`, when given), or Triton's error for it.
+    fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_cut_at_a_character_boundary() {
+        assert_eq!(clip("abc"), "abc");
+        assert_eq!(clip(&"é".repeat(100)).len(), 128);
+        let odd = format!("a{}", "é".repeat(100));
+        assert_eq!(clip(&odd).len(), 127);
+    }
+
+    #[test]
+    fn credentials_are_not_kept_and_names_are_lower_case() {
+        let ctx = RequestContext::new("r1").with_headers([
+            ("Authorization", b"Bearer x".as_slice()),
+            ("X-User-Id", b"42".as_slice()),
+            ("Cookie", b"a=b".as_slice()),
+            ("x-bin", b"\xff\xfe".as_slice()),
+        ]);
+        assert_eq!(ctx.headers, vec![("x-user-id".to_string(), "42".to_string())]);
+        assert_eq!(ctx.header("x-user-id"), Some("42"));
+        assert_eq!(ctx.header("authorization"), None);
+    }
+
+    #[test]
+    fn the_v2_id_takes_over_when_present() {
+        let mut ctx = RequestContext::new("from-header");
+        ctx.adopt_v2_id(Some(""));
+        assert_eq!(ctx.request_id, "from-header");
+        ctx.adopt_v2_id(Some("v2"));
+        assert_eq!(ctx.request_id, "v2");
+    }
+
+    #[test]
+    fn remaining_time_is_zero_after_the_deadline() {
+        let mut ctx = RequestContext::new("r");
+        assert_eq!(ctx.remaining(), None);
+        ctx.deadline = Some(Instant::now() - Duration::from_secs(1));
+        assert_eq!(ctx.remaining(), Some(Duration::ZERO));
+    }
+}
