@@ -1,13 +1,7 @@
 //! Chat messages to a prompt: the model's own Jinja chat template from the GGUF metadata
 //! (`tokenizer.chat_template`, rendered with minijinja as Hugging Face does), else ChatML.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
+pub use sluice_types::generation::Message;
 
 pub struct ChatTemplate {
     env: Option<minijinja::Environment<'static>>,

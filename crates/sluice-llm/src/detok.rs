@@ -14,6 +14,35 @@ impl Decode for tokenizers::Tokenizer {
     }
 }
 
+/// A tokenizer as a [`sluice_types::generation::Vocabulary`].
+pub struct TokenizerVocabulary(pub std::sync::Arc<tokenizers::Tokenizer>);
+
+impl sluice_types::generation::Vocabulary for TokenizerVocabulary {
+    fn decode(&self, ids: &[u32], special: bool) -> String {
+        // The tokenizer's inherent `decode`, behind its `Deref`, not [`Decode`]'s.
+        let t: &tokenizers::Tokenizer = &self.0;
+        (**t).decode(ids, !special).unwrap_or_default()
+    }
+}
+
+/// Any vocabulary, decoding as [`Decode`] wants: special tokens dropped.
+pub struct Plain<'a>(pub &'a dyn sluice_types::generation::Vocabulary);
+
+impl Decode for Plain<'_> {
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids, false)
+    }
+}
+
+/// Any vocabulary, special tokens kept (see [`WithSpecial`]).
+pub struct Special<'a>(pub &'a dyn sluice_types::generation::Vocabulary);
+
+impl Decode for Special<'_> {
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids, true)
+    }
+}
+
 /// Decodes with special tokens kept: a prompt's `<|im_start|>` is part of its text, and a
 /// token shown on its own (a log-probability's alternative) should read as itself.
 pub struct WithSpecial<'a>(pub &'a tokenizers::Tokenizer);

@@ -25,44 +25,7 @@ pub struct Job {
     pub arrived: Instant,
 }
 
-/// What a request's stream carries: text pieces, then one `Done` or `Error`. A request that
-/// asked for log-probabilities also gets them, each before the text it belongs to.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    /// The prompt's tokens scored, from the second on (the first has no context to be
-    /// predicted from); once, before anything else.
-    PromptLogprobs(Vec<TokenLogprob>),
-    /// The token just generated, scored; before the text it completes (text may be held back
-    /// for a stop sequence or an unfinished character, so a token's text can come later).
-    Logprobs(TokenLogprob),
-    Text(String),
-    Done(Finish),
-    Error(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// End of sequence or a stop sequence.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Finish {
-    pub reason: FinishReason,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
+pub use sluice_types::generation::{Event, Finish, FinishReason};
 
 pub(crate) struct Engine {
     pub model: Llama,

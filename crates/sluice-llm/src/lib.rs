@@ -38,6 +38,7 @@ pub use engine::{Event, Finish, FinishReason};
 pub use logprob::TokenLogprob;
 pub use metrics::GenMetrics;
 pub use sample::SamplingParams;
+pub use sluice_types::generation::params_from_json;
 
 use crate::chat::ChatTemplate;
 use crate::engine::{Engine, Job};
@@ -191,6 +192,11 @@ impl Generator {
         &self.tokenizer
     }
 
+    /// The tokenizer as the edges see it: ids back to text.
+    pub fn vocabulary(&self) -> Arc<dyn sluice_types::generation::Vocabulary> {
+        Arc::new(detok::TokenizerVocabulary(self.tokenizer.clone()))
+    }
+
     /// Token ids run from 0 to `vocab() - 1`.
     pub fn vocab(&self) -> usize {
         self.vocab
@@ -266,63 +272,4 @@ impl Generator {
         }
         Ok(rx)
     }
-}
-
-/// Sampling parameters from a JSON object (Triton's generate `parameters`, OpenAI bodies,
-/// the `sampling_parameters` input). Unknown keys are left to the caller; a known key of the
-/// wrong type is an error that names it.
-pub fn params_from_json(
-    obj: &serde_json::Map<String, serde_json::Value>,
-    defaults: SamplingParams,
-) -> Result<SamplingParams, ServeError> {
-    use serde_json::Value;
-    let mut p = defaults;
-    let bad = |k: &str, want: &str, v: &Value| ServeError::invalid(format!("parameter '{k}' must be {want}, got {v}"));
-    // Numbers also come as strings from clients that only send string parameters.
-    let num = |k: &str, v: &Value| -> Result<f64, ServeError> {
-        match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| bad(k, "a number", v))
-    };
-    let count = |k: &str, v: &Value| -> Result<usize, ServeError> {
-        let n = num(k, v)?;
-        if n < 0.0 || n.fract() != 0.0 {
-            return Err(bad(k, "a non-negative integer", v));
-        }
-        Ok(n as usize)
-    };
-    for (k, v) in obj {
-        if v.is_null() {
-            continue;
-        }
-        match k.as_str() {
-            "max_tokens" | "max_new_tokens" | "max_completion_tokens" => p.max_tokens = count(k, v)?,
-            "temperature" => p.temperature = num(k, v)? as f32,
-            "top_p" => p.top_p = num(k, v)? as f32,
-            "top_k" => {
-                // -1 means "all" in vLLM's convention.
-                p.top_k = if num(k, v)? < 0.0 { 0 } else { count(k, v)? }
-            }
-            "seed" => p.seed = Some(count(k, v)? as u64),
-            "ignore_eos" => p.ignore_eos = v.as_bool().ok_or_else(|| bad(k, "true or false", v))?,
-            "stop" => {
-                p.stop = match v {
-                    Value::String(s) => vec![s.clone()],
-                    Value::Array(a) => a
-                        .iter()
-                        .map(|s| {
-                            s.as_str().map(str::to_string).ok_or_else(|| bad(k, "a string or a list of strings", v))
-                        })
-                        .collect::<Result<_, _>>()?,
-                    _ => return Err(bad(k, "a string or a list of strings", v)),
-                }
-            }
-            _ => {}
-        }
-    }
-    p.check().map_err(ServeError::invalid)?;
-    Ok(p)
 }

@@ -2,14 +2,7 @@
 //! logits, before temperature, top-k or top-p shape the sampling. This is what OpenAI's
 //! `logprobs` report and what evaluation harnesses sum to score a text.
 
-/// The log-probability of one token at one position, with the most likely alternatives.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenLogprob {
-    pub token: u32,
-    pub logprob: f32,
-    /// The `n` most likely tokens at that position, most likely first (ties: lower id first).
-    pub top: Vec<(u32, f32)>,
-}
+pub use sluice_types::generation::TokenLogprob;
 
 /// Scores `token` against one position's logits and picks the `top_n` most likely tokens.
 ///

@@ -4,71 +4,7 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-/// What a request asks of the sampler and of the length of its answer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SamplingParams {
-    pub max_tokens: usize,
-    /// 0 picks the most likely token (greedy).
-    pub temperature: f32,
-    /// Nucleus: keep the most likely tokens whose probabilities add up to this (1 = all).
-    pub top_p: f32,
-    /// Keep only the k most likely tokens (0 = all).
-    pub top_k: usize,
-    pub seed: Option<u64>,
-    /// Generation ends before the first occurrence of any of these (not included in the text).
-    pub stop: Vec<String>,
-    /// Keep generating past end-of-sequence tokens (benchmarks use it for fixed lengths).
-    pub ignore_eos: bool,
-    /// Report each generated token's log-probability with this many most likely alternatives.
-    pub logprobs: Option<usize>,
-    /// Score the prompt: each prompt token's log-probability (after the first) with this many
-    /// alternatives. With it, `max_tokens` may be 0.
-    pub prompt_logprobs: Option<usize>,
-}
-
-/// The most alternatives a position reports (OpenAI's chat API allows 20).
-pub const MAX_TOP_LOGPROBS: usize = 20;
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            max_tokens: 256,
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: None,
-            stop: Vec::new(),
-            ignore_eos: false,
-            logprobs: None,
-            prompt_logprobs: None,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// A clear message for values no sampler can use.
-    pub fn check(&self) -> Result<(), String> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("temperature must be a number >= 0, got {}", self.temperature));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
-        }
-        if self.max_tokens == 0 && self.prompt_logprobs.is_none() {
-            return Err("max_tokens must be at least 1 (0 only when the prompt is scored: echo with logprobs)".into());
-        }
-        for (name, n) in [("logprobs", self.logprobs), ("prompt_logprobs", self.prompt_logprobs)] {
-            if n.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-                return Err(format!("{name} must be at most {MAX_TOP_LOGPROBS}, got {}", n.unwrap_or_default()));
-            }
-        }
-        if self.stop.iter().any(String::is_empty) {
-            return Err("stop sequences must not be empty strings".into());
-        }
-        Ok(())
-    }
-}
+pub use sluice_types::generation::{SamplingParams, MAX_TOP_LOGPROBS};
 
 pub struct Sampler {
     temperature: f32,

@@ -113,6 +113,13 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Names and versions of the ready generative models (OpenAI's `/v1/models`).
+    pub fn generative_models(&self) -> Vec<(String, u64)> {
+        self.repo.all_ready().iter().filter(|s| s.generator.is_some()).map(|s| (s.name.clone(), s.version)).collect()
+    }
+}
+
 impl Resolver for Engine {
     fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
         Engine::resolve(self, name, version)

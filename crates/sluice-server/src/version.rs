@@ -1,6 +1,7 @@
 //! A model version as an endpoint: text step → validation → the version's scheduler queue →
-//! classification, with the outcome recorded in the version's statistics. The edges reach it
-//! only through [`crate::Engine::resolve`].
+//! classification, with the outcome recorded in the version's statistics; or, for a generative
+//! model, its LLM engine ([`crate::generate`]). The edges reach it only through
+//! [`crate::Engine::resolve`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use sluice_repository::{ModelRepository, ServedVersion};
 use sluice_scheduler::validate::{reshape_inputs, reshape_outputs};
 use sluice_scheduler::{validate_request, Submission};
 use sluice_types::api::{ModelMetadata, ModelStatistics, TensorMetadata};
+use sluice_types::generation::{GenerateRequest, TokenStream};
 use sluice_types::{
     Answer, Endpoint, InferRequest, InferResponse, ModelConfig, RequestContext, RequestedOutput, ServeError, Tensor,
 };
@@ -80,6 +82,20 @@ impl Endpoint for ModelVersionEndpoint {
                 validate_request(&served.config, &tokenized).map(|_| ())
             }
             None => validate_request(&served.config, req).map(|_| ()),
+        }
+    }
+
+    fn generative(&self) -> bool {
+        self.served.generator.is_some()
+    }
+
+    fn generate(&self, _ctx: &RequestContext, req: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+        match self.served.generator.clone() {
+            Some(g) => crate::generate::start(self.served.clone(), g, req),
+            None => Err(ServeError::invalid(format!(
+                "model '{}' is not a generative model (backend '{}'); use its infer endpoint",
+                self.served.name, self.served.config.backend
+            ))),
         }
     }
 

@@ -155,7 +155,7 @@ async fn cancelled_streams_free_their_slot_and_errors_are_clear() {
     let base = format!("http://{}", s.http_addr);
     let c = reqwest::Client::new();
     let running = || {
-        let g = s.engine.generator("smollm", None).unwrap().1;
+        let g = s.engine.repository().get("smollm", None).unwrap().generator.clone().unwrap();
         g.metrics().running.load(std::sync::atomic::Ordering::Relaxed)
     };
 

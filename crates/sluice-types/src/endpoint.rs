@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::api::{ModelMetadata, ModelStatistics};
+use crate::generation::{GenerateRequest, TokenStream};
 use crate::{InferRequest, InferResponse, ModelConfig, ServeError, Timings};
 
 /// Longest request id kept: a header can be kilobytes long.
@@ -106,6 +107,17 @@ pub trait Endpoint: Send + Sync {
 
     /// Runs one request.
     async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError>;
+
+    /// Whether it generates text ([`Endpoint::generate`]).
+    fn generative(&self) -> bool {
+        false
+    }
+
+    /// Starts a generation: its events come as the stream is read; dropping the stream
+    /// cancels it.
+    fn generate(&self, _ctx: &RequestContext, _request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+        Err(ServeError::invalid(format!("model '{}' is not a generative model; use its infer endpoint", self.name())))
+    }
 }
 
 /// Finds the endpoint for a served name: what edges and job workers hold instead of an engine.

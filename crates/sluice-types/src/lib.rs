@@ -1,5 +1,6 @@
 //! Shared vocabulary of Sluice: tensors and datatypes, inference requests and responses, the
-//! model configuration, the one error enum `ServeError`, and the seam every layer talks
+//! model configuration, generation requests and streams, the one error enum `ServeError`, and
+//! the seam every layer talks
 //! through: the [`Endpoint`] trait, the [`Resolver`] that finds one for a served name, and the
 //! [`RequestContext`] a request carries. No internal dependencies.
 
@@ -8,6 +9,7 @@ pub mod config;
 mod datatype;
 pub mod endpoint;
 mod error;
+pub mod generation;
 pub mod json;
 pub mod prom;
 mod request;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use sluice_llm::Event;
 use sluice_repository::LoadOverride;
+use sluice_types::generation::{Event, GenerateRequest, Prompt, TokenStream};
 use sluice_types::{InferResponse, RequestContext, ServeError};
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Request, Response, Status, Streaming};
@@ -17,7 +17,6 @@ use super::pb::grpc_inference_service_server::GrpcInferenceService;
 use super::pb::model_repository_parameter::ParameterChoice;
 use super::{config, convert, pb, status_from};
 use crate::engine::Engine;
-use crate::generate::{GenStream, Prompt};
 
 /// Requests of one `ModelStreamInfer` call that may run at once; further requests wait in the
 /// stream (HTTP/2 flow control pushes back on the client).
@@ -120,11 +119,11 @@ fn answers_of(
     req: pb::ModelInferRequest,
 ) -> BoxStream<'static, pb::ModelStreamInferResponse> {
     ctx.adopt_v2_id(Some(&req.id));
-    let generative =
-        engine.repository().get(&req.model_name, opt(&req.model_version)).is_ok_and(|s| s.generator.is_some());
-    if !generative {
-        return futures::stream::once(stream_answer(engine, ctx, req)).boxed();
-    }
+    let endpoint = match engine.resolve(&req.model_name, opt(&req.model_version)) {
+        Ok(e) if e.generative() => e,
+        // Not generative, or not there: one answer, which says why when it is an error.
+        _ => return futures::stream::once(stream_answer(engine, ctx, req)).boxed(),
+    };
     let echo = pb::ModelInferResponse {
         model_name: req.model_name.clone(),
         model_version: req.model_version.clone(),
@@ -138,21 +137,22 @@ fn answers_of(
     let started = convert::infer_request(req).and_then(|r| {
         let flag = r.parameters.get("triton_enable_empty_final_response").and_then(serde_json::Value::as_bool);
         let (text, params) = sluice_llm::backend::request_prompt(&r.inputs, &r.parameters)?;
-        let stream = engine.generate(&r.model, r.version.as_deref(), Prompt::Text(text), params, true)?;
+        let request = GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true };
+        let stream = endpoint.generate(&ctx, request)?;
         Ok((stream, flag.unwrap_or(false), r.id))
     });
     let (stream, flag, id) = match started {
         Ok(s) => s,
         Err(e) => return futures::stream::once(async move { failed(e.to_string()) }).boxed(),
     };
-    let response = move |stream: &GenStream, text: Option<String>, last: bool| {
+    let response = move |stream: &dyn TokenStream, text: Option<String>, last: bool| {
         let mut parameters = sluice_types::Parameters::new();
         if flag {
             parameters.insert("triton_final_response".into(), last.into());
         }
         let resp = InferResponse {
             model_name: stream.model().to_string(),
-            model_version: stream.version().to_string(),
+            model_version: stream.version(),
             id: id.clone(),
             parameters,
             outputs: text.map(sluice_llm::backend::text_output).into_iter().collect(),
@@ -169,13 +169,13 @@ fn answers_of(
             let (mut stream, mut sent) = state?;
             let out = loop {
                 match stream.next().await? {
-                    Event::Text(t) => break response(&stream, Some(t), false),
+                    Event::Text(t) => break response(&*stream, Some(t), false),
                     Event::PromptLogprobs(_) | Event::Logprobs(_) => continue,
-                    Event::Done(_) if flag => break response(&stream, None, true),
+                    Event::Done(_) if flag => break response(&*stream, None, true),
                     // Without the final-response flag a request whose answer is empty (its
                     // first token ends it) still gets one response, with empty text, as from
                     // Triton's vLLM backend: a client waiting for it is not left hanging.
-                    Event::Done(_) if !sent => break response(&stream, Some(String::new()), false),
+                    Event::Done(_) if !sent => break response(&*stream, Some(String::new()), false),
                     Event::Done(_) => return None,
                     Event::Error(e) => break failed(e),
                 }

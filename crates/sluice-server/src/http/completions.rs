@@ -15,19 +15,21 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use sluice_llm::detok::{Decode, WithSpecial};
-use sluice_llm::{Event, Generator, SamplingParams, TokenLogprob};
+use sluice_llm::detok::{Decode, Plain, Special};
+use sluice_types::generation::{
+    collect, Event, GenerateRequest, Prompt, SamplingParams, TokenLogprob, TokenStream, Vocabulary,
+};
 use sluice_types::ServeError;
 
 use super::logprobs::{CompletionLogprobs, LogprobText};
 use super::openai::{common, count, error_body, flag, new_id, now, object, usage, OpenAiResult};
 use super::AppState;
-use crate::generate::{GenStream, Prompt};
 
 /// OpenAI's default for the legacy completions endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -92,7 +94,7 @@ fn params(body: &Map<String, Value>) -> Result<(super::openai::Common, bool, Opt
 /// state that turns its scored tokens into text.
 struct Choice {
     index: usize,
-    generator: Arc<Generator>,
+    vocabulary: Arc<dyn Vocabulary>,
     first_token: u32,
     echo: Option<String>,
     logprobs: bool,
@@ -102,21 +104,21 @@ struct Choice {
 }
 
 impl Choice {
-    fn new(index: usize, stream: &GenStream, original: Option<String>, echo: bool, logprobs: bool) -> Choice {
-        let generator = stream.generator().clone();
+    fn new(index: usize, stream: &dyn TokenStream, original: Option<String>, echo: bool, logprobs: bool) -> Choice {
+        let vocabulary = stream.vocabulary();
         // A text prompt echoes as it was sent; token ids as they decode.
-        let echo = echo.then(|| original.unwrap_or_else(|| WithSpecial(generator.tokenizer()).decode(stream.prompt())));
+        let echo = echo.then(|| original.unwrap_or_else(|| Special(&*vocabulary).decode(stream.prompt())));
         let first_token = stream.prompt().first().copied().unwrap_or_default();
-        Choice { index, generator, first_token, echo, logprobs, text: LogprobText::default(), scored: Vec::new() }
+        Choice { index, vocabulary, first_token, echo, logprobs, text: LogprobText::default(), scored: Vec::new() }
     }
 
     fn prompt_logprobs(&mut self, scores: &[TokenLogprob]) -> CompletionLogprobs {
-        self.text.prompt(&WithSpecial(self.generator.tokenizer()), self.first_token, scores)
+        self.text.prompt(&Special(&*self.vocabulary), self.first_token, scores)
     }
 
     fn generated_logprobs(&mut self) -> CompletionLogprobs {
-        let tok = self.generator.tokenizer();
-        self.text.generated(tok, &WithSpecial(tok), &std::mem::take(&mut self.scored))
+        let v = &*self.vocabulary;
+        self.text.generated(&Plain(v), &Special(v), &std::mem::take(&mut self.scored))
     }
 
     /// The choice's part of a chunk.
@@ -125,10 +127,12 @@ impl Choice {
     }
 }
 
-pub(super) async fn completions(State(s): State<AppState>, body: Bytes) -> OpenAiResult {
+pub(super) async fn completions(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> OpenAiResult {
     let body = object(&body)?;
     let (c, echo, logprobs) = params(&body)?;
     let prompts = prompts(body.get("prompt"))?;
+    let endpoint = s.engine.resolve(&c.model, None)?;
+    let ctx = super::context(&headers, None);
     // Every prompt is queued before any answer is awaited: the engine batches them.
     let mut streams = Vec::with_capacity(prompts.len());
     for (index, p) in prompts.into_iter().enumerate() {
@@ -136,15 +140,16 @@ pub(super) async fn completions(State(s): State<AppState>, body: Bytes) -> OpenA
             Prompt::Text(t) => Some(t.clone()),
             _ => None,
         };
-        let stream = s.engine.generate(&c.model, None, p, c.params.clone(), true)?;
-        let choice = Choice::new(index, &stream, original, echo, logprobs.is_some());
+        let stream =
+            endpoint.generate(&ctx, GenerateRequest { prompt: p, params: c.params.clone(), explicit_max: true })?;
+        let choice = Choice::new(index, &*stream, original, echo, logprobs.is_some());
         streams.push((stream, choice));
     }
     let (id, created, model) = (new_id("cmpl"), now(), c.model);
     if !c.stream {
         let (mut choices, mut prompt_tokens, mut completion_tokens) = (Vec::new(), 0, 0);
         for (mut stream, mut choice) in streams {
-            let a = stream.collect().await?;
+            let a = collect(&mut *stream).await?;
             prompt_tokens += a.finish.prompt_tokens;
             completion_tokens += a.finish.completion_tokens;
             let lp = choice.logprobs.then(|| {
@@ -183,7 +188,7 @@ pub(super) async fn completions(State(s): State<AppState>, body: Bytes) -> OpenA
 /// The SSE chunks of every choice as their events come, then the usage (when asked) and
 /// `[DONE]` once all have ended. An error ends the response (and the other generations).
 fn streamed(
-    streams: Vec<(GenStream, Choice)>,
+    streams: Vec<(Box<dyn TokenStream>, Choice)>,
     include_usage: bool,
     chunk: impl Fn(Vec<Value>, Option<Value>) -> SseEvent + Send + 'static,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {

@@ -8,16 +8,18 @@ use std::convert::Infallible;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use sluice_llm::{params_from_json, Event, SamplingParams};
+use sluice_types::generation::{
+    collect, params_from_json, Event, GenerateRequest, Prompt, SamplingParams, TokenStream,
+};
 use sluice_types::ServeError;
 
 use super::{AppState, HttpResult};
-use crate::generate::{GenStream, Prompt};
 
 use sluice_llm::backend::TRITON_DEFAULT_MAX_TOKENS as DEFAULT_MAX_TOKENS;
 
@@ -51,35 +53,55 @@ pub(super) fn one_string(v: &Value) -> Option<String> {
     }
 }
 
-fn start(s: &AppState, model: &str, version: Option<&str>, body: &[u8]) -> Result<GenStream, ServeError> {
+fn start(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Box<dyn TokenStream>, ServeError> {
+    let endpoint = s.engine.resolve(model, version)?;
     let (text, params) = parse(body)?;
-    s.engine.generate(model, version, Prompt::Text(text), params, true)
+    let ctx = super::context(headers, None);
+    endpoint.generate(&ctx, GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true })
 }
 
-async fn whole(s: AppState, model: String, version: Option<String>, body: Bytes) -> HttpResult<Response> {
-    let mut stream = start(&s, &model, version.as_deref(), &body)?;
+async fn whole(
+    s: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Response> {
+    let mut stream = start(&s, &model, version.as_deref(), &headers, &body)?;
     let (name, v) = (stream.model().to_string(), stream.version());
-    let text = stream.collect().await?.text;
-    Ok(Json(json!({ "model_name": name, "model_version": v.to_string(), "text_output": text })).into_response())
+    let text = collect(&mut *stream).await?.text;
+    Ok(Json(json!({ "model_name": name, "model_version": v, "text_output": text })).into_response())
 }
 
 /// The events of a generation as SSE; an error after the stream started is an `error` event.
-pub(super) fn sse_events<F>(stream: GenStream, piece: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+pub(super) fn sse_events<F>(stream: Box<dyn TokenStream>, piece: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
 where
-    F: FnMut(&GenStream, &Event) -> Vec<SseEvent> + Send + 'static,
+    F: FnMut(&dyn TokenStream, &Event) -> Vec<SseEvent> + Send + 'static,
 {
     futures::stream::unfold((stream, piece), |(mut stream, mut piece)| async move {
         let e = stream.next().await?;
-        let events = piece(&stream, &e);
+        let events = piece(&*stream, &e);
         Some((events, (stream, piece)))
     })
     .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)))
 }
 
-async fn streamed(s: AppState, model: String, version: Option<String>, body: Bytes) -> HttpResult<Response> {
-    let stream = start(&s, &model, version.as_deref(), &body)?;
+async fn streamed(
+    s: AppState,
+    model: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<Response> {
+    let stream = start(&s, &model, version.as_deref(), &headers, &body)?;
     let name = stream.model().to_string();
-    let v = stream.version().to_string();
+    let v = stream.version();
     let piece = move |t: &str| {
         SseEvent::default().data(json!({ "model_name": name, "model_version": v, "text_output": t }).to_string())
     };
@@ -98,33 +120,37 @@ async fn streamed(s: AppState, model: String, version: Option<String>, body: Byt
 pub(super) async fn generate(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    whole(s, model, None, body).await
+    whole(s, model, None, headers, body).await
 }
 
 pub(super) async fn generate_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    whole(s, model, Some(version), body).await
+    whole(s, model, Some(version), headers, body).await
 }
 
 pub(super) async fn generate_stream(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    streamed(s, model, None, body).await
+    streamed(s, model, None, headers, body).await
 }
 
 pub(super) async fn generate_stream_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    streamed(s, model, Some(version), body).await
+    streamed(s, model, Some(version), headers, body).await
 }
 
 #[cfg(test)]

@@ -7,18 +7,21 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use sluice_llm::detok::WithSpecial;
-use sluice_llm::{params_from_json, Event, Finish, Message, SamplingParams, TokenLogprob};
-use sluice_types::ServeError;
+use sluice_llm::detok::{Plain, Special};
+use sluice_types::generation::{
+    collect, params_from_json, Event, Finish, GenerateRequest, Message, Prompt, SamplingParams, TokenLogprob,
+    TokenStream,
+};
+use sluice_types::{RequestContext, ServeError};
 
 use super::generate::sse_events;
 use super::logprobs::LogprobText;
 use super::{status_of, AppState};
-use crate::generate::{GenStream, Prompt};
 
 /// An error in OpenAI's shape.
 pub(super) struct OpenAiError(ServeError);
@@ -144,7 +147,7 @@ pub(super) fn new_id(prefix: &str) -> String {
 /// The chat API's most alternatives per token.
 const CHAT_MAX_TOP_LOGPROBS: usize = 20;
 
-pub(super) async fn chat_completions(State(s): State<AppState>, body: Bytes) -> OpenAiResult {
+pub(super) async fn chat_completions(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> OpenAiResult {
     let body = object(&body)?;
     if flag(&body, "echo")? {
         return Err(ServeError::invalid("'echo' is a field of /v1/completions, not of chat completions").into());
@@ -188,18 +191,19 @@ pub(super) async fn chat_completions(State(s): State<AppState>, body: Bytes) -> 
             }
         }
     }
-    chat_answer(s, c, messages).await
+    chat_answer(s, super::context(&headers, None), c, messages).await
 }
 
-async fn chat_answer(s: AppState, c: Common, messages: Vec<Message>) -> OpenAiResult {
+async fn chat_answer(s: AppState, ctx: RequestContext, c: Common, messages: Vec<Message>) -> OpenAiResult {
     let with_logprobs = c.params.logprobs.is_some();
-    let mut stream = s.engine.generate(&c.model, None, Prompt::Chat(messages), c.params, c.explicit_max)?;
+    let request = GenerateRequest { prompt: Prompt::Chat(messages), params: c.params, explicit_max: c.explicit_max };
+    let mut stream = s.engine.resolve(&c.model, None)?.generate(&ctx, request)?;
     let (id, created, model) = (new_id("chatcmpl"), now(), c.model);
     if !c.stream {
-        let a = stream.collect().await?;
+        let a = collect(&mut *stream).await?;
         let logprobs = with_logprobs.then(|| {
-            let tok = stream.tokenizer();
-            json!({ "content": LogprobText::default().chat(tok, &WithSpecial(tok), &a.logprobs) })
+            let v = stream.vocabulary();
+            json!({ "content": LogprobText::default().chat(&Plain(&*v), &Special(&*v), &a.logprobs) })
         });
         return Ok(Json(json!({
             "id": id,
@@ -265,7 +269,7 @@ async fn chat_answer(s: AppState, c: Common, messages: Vec<Message>) -> OpenAiRe
 }
 
 /// The chat `logprobs` of the tokens scored since the last chunk.
-fn chat_logprobs(lt: &mut LogprobText, stream: &GenStream, scored: &mut Vec<TokenLogprob>) -> Value {
-    let tok = stream.tokenizer();
-    json!({ "content": lt.chat(tok, &WithSpecial(tok), &std::mem::take(scored)) })
+fn chat_logprobs(lt: &mut LogprobText, stream: &dyn TokenStream, scored: &mut Vec<TokenLogprob>) -> Value {
+    let v = stream.vocabulary();
+    json!({ "content": lt.chat(&Plain(&*v), &Special(&*v), &std::mem::take(scored)) })
 }
