@@ -205,8 +205,8 @@ impl JobRecord {
             deliveries: Vec::new(),
             webhook_pending: false,
             context: StoredContext {
+                headers: job.context.header_pairs(),
                 request_id: job.context.request_id,
-                headers: job.context.headers,
                 identity: job.context.identity,
             },
         }
@@ -216,12 +216,10 @@ impl JobRecord {
     /// when the submit had none. No deadline: a job waits as long as its queue does.
     pub fn request_context(&self) -> RequestContext {
         let c = &self.context;
-        RequestContext {
-            request_id: if c.request_id.is_empty() { self.job_id.clone() } else { c.request_id.clone() },
-            headers: c.headers.clone(),
-            identity: c.identity.clone(),
-            deadline: None,
-        }
+        let id = if c.request_id.is_empty() { &self.job_id } else { &c.request_id };
+        let mut ctx = RequestContext::new(id.as_str()).with_header_pairs(&c.headers);
+        ctx.identity = c.identity.clone();
+        ctx
     }
 
     /// When the record stops being served (final jobs only).
@@ -337,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_job_keeps_its_submit_context() {
-        let mut ctx = RequestContext::new("req-9").with_headers([("X-Tier", b"gold".as_slice())]);
+        let mut ctx = RequestContext::new("req-9").with_header_pairs(&[("x-tier".into(), "gold".into())]);
         ctx.deadline = Some(std::time::Instant::now());
         let r = JobRecord::new(NewJob {
             request: InferRequest { model: "m".into(), ..Default::default() },

@@ -15,7 +15,7 @@ use crate::{InferRequest, InferResponse, ModelConfig, ServeError, Timings};
 /// Longest request id kept: a header can be kilobytes long.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Header names never kept in a context that may be stored (a job's): credentials.
+/// Header names never kept in a context: credentials (a job's context is stored).
 const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
 /// What travels with one request from the edge to every endpoint it reaches (and into a job).
@@ -23,8 +23,9 @@ const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cooki
 pub struct RequestContext {
     /// The V2 request's `id`, else the client's `x-request-id`, else one generated at the edge.
     pub request_id: String,
-    /// HTTP headers or gRPC metadata, names in lower case, in arrival order (a name may repeat).
-    pub headers: Vec<(String, String)>,
+    /// HTTP headers or gRPC metadata, without credentials. The edge's own map, moved in: no
+    /// copy is made on the request path.
+    pub headers: http::HeaderMap,
     /// Who is calling, once authentication names them.
     pub identity: Option<String>,
     /// When the caller stops waiting (gRPC's `grpc-timeout`); work still queued then is refused.
@@ -36,25 +37,34 @@ impl RequestContext {
         RequestContext { request_id: clip(&request_id.into()).to_string(), ..Default::default() }
     }
 
-    /// The first value of a header (`name` in lower case).
+    /// The first value of a header, when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// Keeps `headers` (names lower-cased, values that are not text dropped), leaving out
-    /// credentials.
-    pub fn with_headers<'a>(mut self, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
-        self.headers = headers
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let k = k.to_ascii_lowercase();
-                if SECRET_HEADERS.contains(&k.as_str()) {
-                    return None;
-                }
-                Some((k, std::str::from_utf8(v).ok()?.to_string()))
-            })
-            .collect();
+    /// Keeps `headers`, leaving out credentials.
+    pub fn with_headers(mut self, mut headers: http::HeaderMap) -> Self {
+        for h in SECRET_HEADERS {
+            headers.remove(*h);
+        }
+        self.headers = headers;
         self
+    }
+
+    /// The headers whose values are text, as pairs (names in lower case): how a job stores them.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))).collect()
+    }
+
+    /// Headers from stored pairs; a pair that is not a valid header is left out.
+    pub fn with_header_pairs(self, pairs: &[(String, String)]) -> Self {
+        let mut map = http::HeaderMap::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+                map.append(k, v);
+            }
+        }
+        self.with_headers(map)
     }
 
     /// The V2 request's own `id` takes over as the request id when there is one.
@@ -139,16 +149,24 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_not_kept_and_names_are_lower_case() {
-        let ctx = RequestContext::new("r1").with_headers([
-            ("Authorization", b"Bearer x".as_slice()),
-            ("X-User-Id", b"42".as_slice()),
-            ("Cookie", b"a=b".as_slice()),
-            ("x-bin", b"\xff\xfe".as_slice()),
-        ]);
-        assert_eq!(ctx.headers, vec![("x-user-id".to_string(), "42".to_string())]);
+    fn credentials_are_not_kept_and_pairs_round_trip() {
+        let mut map = http::HeaderMap::new();
+        map.insert("authorization", "Bearer x".parse().unwrap());
+        map.insert("X-User-Id", "42".parse().unwrap());
+        map.insert("cookie", "a=b".parse().unwrap());
+        map.insert("x-bin", http::HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        let ctx = RequestContext::new("r1").with_headers(map);
         assert_eq!(ctx.header("x-user-id"), Some("42"));
         assert_eq!(ctx.header("authorization"), None);
+        assert_eq!(ctx.header("x-bin"), None, "not text");
+        let pairs = ctx.header_pairs();
+        assert_eq!(pairs, vec![("x-user-id".to_string(), "42".to_string())]);
+        let back = RequestContext::new("r1").with_header_pairs(&[
+            ("x-user-id".into(), "42".into()),
+            ("authorization".into(), "Bearer y".into()),
+            ("bad name".into(), "v".into()),
+        ]);
+        assert_eq!(back.header_pairs(), pairs);
     }
 
     #[test]

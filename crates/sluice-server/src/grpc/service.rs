@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt};
 use sluice_repository::LoadOverride;
 use sluice_types::generation::{Event, GenerateRequest, Prompt, TokenStream};
 use sluice_types::{InferResponse, RequestContext, ServeError};
-use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::grpc_inference_service_server::GrpcInferenceService;
@@ -40,10 +40,10 @@ fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported by this server"))
 }
 
-/// The request context of a call: its metadata (binary entries left out), as its id
+/// The request context of a call: its metadata, as its id
 /// `x-request-id` or a generated one (recorded on the call's log span), and the deadline that
 /// `grpc-timeout` sets.
-fn context(meta: &MetadataMap) -> RequestContext {
+fn context(meta: MetadataMap) -> RequestContext {
     let id = match meta.get("x-request-id").and_then(|v| v.to_str().ok()) {
         Some(id) => id.to_string(),
         None => {
@@ -52,13 +52,9 @@ fn context(meta: &MetadataMap) -> RequestContext {
             id
         }
     };
-    let headers = meta.iter().filter_map(|kv| match kv {
-        KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.as_bytes())),
-        KeyAndValueRef::Binary(..) => None,
-    });
-    let mut ctx = RequestContext::new(id).with_headers(headers);
-    ctx.deadline =
-        meta.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(grpc_timeout).map(|d| Instant::now() + d);
+    let deadline = meta.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(grpc_timeout);
+    let mut ctx = RequestContext::new(id).with_headers(meta.into_headers());
+    ctx.deadline = deadline.map(|d| Instant::now() + d);
     ctx
 }
 
@@ -265,8 +261,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // If the client goes away, tonic drops this future, and with it the queued request.
-        let mut ctx = context(request.metadata());
-        let request = request.into_inner();
+        let (meta, _, request) = request.into_parts();
+        let mut ctx = context(meta);
         crate::request_log::record_v2_id(Some(&request.id));
         ctx.adopt_v2_id(Some(&request.id));
         let resp = infer(&self.engine, &ctx, request).await.map_err(|e| status_from(&e))?;
@@ -280,11 +276,11 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let engine = self.engine.clone();
-        let ctx = context(request.metadata());
+        let (meta, _, requests) = request.into_parts();
+        let ctx = context(meta);
         // Answers go out as they complete. Everything in flight lives inside this stream, so a
         // client that goes away drops (and so cancels) its queued requests and generations.
-        let answers = request
-            .into_inner()
+        let answers = requests
             .map(move |item| match item {
                 Ok(req) => answers_of(engine.clone(), ctx.clone(), req).map(Ok).boxed(),
                 // A broken inbound stream (bad frame, message too large) ends the call.

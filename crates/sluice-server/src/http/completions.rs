@@ -132,7 +132,7 @@ pub(super) async fn completions(State(s): State<AppState>, headers: HeaderMap, b
     let (c, echo, logprobs) = params(&body)?;
     let prompts = prompts(body.get("prompt"))?;
     let endpoint = s.engine.resolve(&c.model, None)?;
-    let ctx = super::context(&headers, None);
+    let ctx = super::context(headers, None);
     // Every prompt is queued before any answer is awaited: the engine batches them.
     let mut streams = Vec::with_capacity(prompts.len());
     for (index, p) in prompts.into_iter().enumerate() {

@@ -62,7 +62,7 @@ fn start(
 ) -> Result<Box<dyn TokenStream>, ServeError> {
     let endpoint = s.engine.resolve(model, version)?;
     let (text, params) = parse(body)?;
-    let ctx = super::context(headers, None);
+    let ctx = super::context(headers.clone(), None);
     endpoint.generate(&ctx, GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true })
 }
 

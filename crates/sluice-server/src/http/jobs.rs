@@ -94,7 +94,7 @@ async fn submit_job(
     let json_len = header_len.unwrap_or(body.len()).min(body.len());
     let header = body.slice(..json_len);
     let (request, _) = decode_request(model, version, body, header_len)?;
-    let context = super::context(headers, request.id.as_deref());
+    let context = super::context(headers.clone(), request.id.as_deref());
     // The JSON is known to parse by now: what fails here is a job field of the wrong type.
     let opts: JobOptions = serde_json::from_slice(&header)
         .map_err(|e| ServeError::invalid(format!("job options (callback_url, priority, ttl_seconds): {e}")))?;

@@ -250,7 +250,7 @@ async fn infer(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult<Response> {
-    run_infer(&s, &model, None, &headers, body).await
+    run_infer(&s, &model, None, headers, body).await
 }
 
 async fn infer_v(
@@ -259,7 +259,7 @@ async fn infer_v(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult<Response> {
-    run_infer(&s, &model, Some(&version), &headers, body).await
+    run_infer(&s, &model, Some(&version), headers, body).await
 }
 
 const HEADER_LEN: &str = "inference-header-content-length";
@@ -282,11 +282,11 @@ async fn run_infer(
     s: &AppState,
     model: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> HttpResult<Response> {
     let body = body_or_error(s, body)?;
-    let header_len = header_len(headers)?;
+    let header_len = header_len(&headers)?;
     let endpoint = s.engine.resolve(model, version)?;
     let (req, enc) = if header_len == Some(0) {
         (decode_raw_request(model, version, &endpoint.config(), body)?, OutputEncoding { all_binary: true })
@@ -323,11 +323,10 @@ async fn run_infer(
 /// The request context of an HTTP request: its headers, and as its id the V2 body's `id` when
 /// there is one, else `x-request-id` (which the request-id layer sets when the client did not).
 /// The V2 id is recorded on the request's log span too.
-pub(crate) fn context(headers: &HeaderMap, v2_id: Option<&str>) -> sluice_types::RequestContext {
+pub(crate) fn context(headers: HeaderMap, v2_id: Option<&str>) -> sluice_types::RequestContext {
     crate::request_log::record_v2_id(v2_id);
     let header_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let mut ctx = sluice_types::RequestContext::new(header_id)
-        .with_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    let mut ctx = sluice_types::RequestContext::new(header_id).with_headers(headers);
     ctx.adopt_v2_id(v2_id);
     ctx
 }

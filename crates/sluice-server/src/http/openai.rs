@@ -191,7 +191,7 @@ pub(super) async fn chat_completions(State(s): State<AppState>, headers: HeaderM
             }
         }
     }
-    chat_answer(s, super::context(&headers, None), c, messages).await
+    chat_answer(s, super::context(headers, None), c, messages).await
 }
 
 async fn chat_answer(s: AppState, ctx: RequestContext, c: Common, messages: Vec<Message>) -> OpenAiResult {
