@@ -41,14 +41,30 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 const IOTA: &str = "[[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]]";
 const ONES: &str = "[[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]]";
 
+/// `-i` values for add_sub: INPUT0 0..16, INPUT1 all ones.
+fn add_sub_inputs() -> [String; 2] {
+    [format!("INPUT0={IOTA}"), format!("INPUT1={ONES}")]
+}
+
+/// A server on [`repo`] with one job worker; the folders live as long as the struct.
+struct Running {
+    server: RunningServer,
+    url: String,
+    repo: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+async fn running() -> Running {
+    let (repo, state) = (repo(), tempfile::tempdir().unwrap());
+    let server = server(repo.path(), state.path(), 1).await;
+    let url = format!("http://{}", server.http_addr);
+    Running { server, url, repo, state }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_prints_tables_json_and_clear_errors() {
-    let dir = repo();
-    let state = tempfile::tempdir().unwrap();
-    let s = server(dir.path(), state.path(), 1).await;
-    let url = format!("http://{}", s.http_addr);
-    let in0 = format!("INPUT0={IOTA}");
-    let in1 = format!("INPUT1={ONES}");
+    let Running { server: s, url, repo: _repo, state } = running().await;
+    let [in0, in1] = add_sub_inputs();
 
     // A table: name, datatype, shape, and the data with its middle left out.
     let table = ok(&sluice_client(&url, &["infer", "add_sub", "-i", &in0, "--input", &in1]).await);
@@ -127,12 +143,8 @@ async fn infer_prints_tables_json_and_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_submit_wait_status_cancel_list() {
-    let dir = repo();
-    let state = tempfile::tempdir().unwrap();
-    let s = server(dir.path(), state.path(), 1).await;
-    let url = format!("http://{}", s.http_addr);
-    let in0 = format!("INPUT0={IOTA}");
-    let in1 = format!("INPUT1={ONES}");
+    let Running { server: s, url, repo: dir, state: _state } = running().await;
+    let [in0, in1] = add_sub_inputs();
 
     // submit prints the id alone; wait prints the result as infer does.
     let id = ok(&sluice_client(&url, &["jobs", "submit", "add_sub", "-i", &in0, "-i", &in1, "--priority", "2"]).await);
