@@ -8,5 +8,6 @@
 //! answer ([`cascade`]). The policy endpoints that use them come with `endpoint.yaml`.
 
 pub mod cascade;
+pub mod definition;
 pub mod rules;
 pub mod split;
