@@ -17,7 +17,7 @@ pub struct TensorMetadata {
     pub shape: Vec<i64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,

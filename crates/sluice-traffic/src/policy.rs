@@ -1,0 +1,444 @@
+//! Route, cascade and split as endpoints over other endpoints. A policy finds its targets by name
+//! through the [`Resolver`] on every request (so a target that reloads is picked up), answers
+//! under its own name, and says in the response's parameters what answered: `sluice_model`,
+//! `sluice_model_version`, and `sluice_rule` (route) or `sluice_stage` (cascade).
+//!
+//! Shadow copies need a queue and statistics of their own; they come with the shadow endpoint.
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sluice_types::api::{ModelMetadata, ModelStatistics};
+use sluice_types::generation::{GenerateRequest, TokenStream};
+use sluice_types::{
+    Answer, DataType, Endpoint, InferRequest, ModelConfig, RequestContext, RequestedOutput, Resolver, ServeError,
+    TensorData,
+};
+
+use crate::cascade;
+use crate::definition::{Definition, Rule, Stage, Sticky, Target};
+use crate::split;
+
+/// A policy endpoint. It holds its resolver weakly: the resolver (the engine) holds it.
+pub struct Policy {
+    name: String,
+    definition: Definition,
+    resolver: Weak<dyn Resolver>,
+}
+
+impl Policy {
+    /// A policy over `definition`'s targets. Shadow definitions are refused until the shadow
+    /// endpoint exists.
+    pub fn new(name: &str, definition: Definition, resolver: Weak<dyn Resolver>) -> Result<Policy, ServeError> {
+        if let Definition::Shadow { .. } = definition {
+            return Err(ServeError::Unsupported(format!("endpoint '{name}': kind 'shadow' is not served yet")));
+        }
+        Ok(Policy { name: name.to_string(), definition, resolver })
+    }
+
+    fn resolver(&self) -> Result<Arc<dyn Resolver>, ServeError> {
+        self.resolver.upgrade().ok_or_else(|| ServeError::Unavailable("the server is shutting down".into()))
+    }
+
+    fn resolve(&self, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
+        let r = self.resolver()?;
+        match t {
+            Target::Model { name, version } => r.resolve(name, version.as_deref()),
+            Target::Endpoint(name) => r.resolve(name, None),
+        }
+    }
+
+    /// The target whose inputs and outputs the endpoint shows.
+    fn representative(&self) -> &Target {
+        match &self.definition {
+            Definition::Route { rules, default } => default.as_ref().unwrap_or(&rules[0].to),
+            Definition::Cascade { stages } => &stages[stages.len() - 1].target,
+            Definition::Split { targets, .. } => &targets[0].0,
+            Definition::Shadow { primary, .. } => primary,
+        }
+    }
+
+    /// Where a request goes, for route and split; `None` for a cascade. Also the tag for the
+    /// response (`sluice_rule`).
+    fn pick(&self, ctx: &RequestContext, req: &InferRequest) -> Result<Option<(&Target, Option<usize>)>, ServeError> {
+        match &self.definition {
+            Definition::Route { rules, default } => {
+                match rules.iter().position(|Rule { when, .. }| when.holds(req, ctx)) {
+                    Some(i) => Ok(Some((&rules[i].to, Some(i)))),
+                    None => default.as_ref().map(|d| Some((d, None))).ok_or_else(|| {
+                        ServeError::invalid(format!("endpoint '{}': no rule matched and it has no default", self.name))
+                    }),
+                }
+            }
+            Definition::Split { targets, sticky } => {
+                let unit = match sticky {
+                    Some(Sticky::Header(h)) => ctx.header(h).map(str::to_string),
+                    Some(Sticky::Parameter(p)) => req.parameters.get(p).map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }),
+                    None => None,
+                }
+                // Without a unit, each request is its own (its id is unique per request).
+                .unwrap_or_else(|| ctx.request_id.clone());
+                let keys: Vec<String> = targets.iter().map(|(t, _)| key(t)).collect();
+                let weighted: Vec<(&str, f64)> =
+                    keys.iter().map(String::as_str).zip(targets.iter().map(|(_, w)| *w)).collect();
+                Ok(Some((&targets[split::assign(&self.name, &unit, &weighted)].0, None)))
+            }
+            Definition::Cascade { .. } | Definition::Shadow { .. } => Ok(None),
+        }
+    }
+
+    async fn cascade(&self, ctx: &RequestContext, req: InferRequest, stages: &[Stage]) -> Result<Answer, ServeError> {
+        let override_threshold = match req.parameters.get("confidence_threshold") {
+            None => None,
+            Some(v) => Some(v.as_f64().filter(|t| (0.0..=1.0).contains(t)).ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "request parameter 'confidence_threshold' must be a number from 0 to 1, got {v}"
+                ))
+            })? as f32),
+        };
+        for (i, stage) in stages.iter().enumerate() {
+            let last = i + 1 == stages.len();
+            let mut stage_req = req.clone();
+            // The confidence output must come back even when the client asked for others.
+            let added = match &stage.confidence {
+                Some((output, _))
+                    if !last && !req.outputs.is_empty() && !req.outputs.iter().any(|o| &o.name == output) =>
+                {
+                    stage_req.outputs.push(RequestedOutput { name: output.clone(), parameters: Default::default() });
+                    true
+                }
+                _ => false,
+            };
+            let mut answer = self.resolve(&stage.target)?.infer(ctx, stage_req).await?;
+            let confident = match (&stage.confidence, last) {
+                (_, true) | (None, _) => true,
+                (Some((output, softmax)), false) => {
+                    let c = stage_confidence(&answer, output, *softmax)?;
+                    cascade::answers(c, override_threshold.unwrap_or(stage.threshold), false)
+                }
+            };
+            if confident {
+                if added {
+                    let output = &stage.confidence.as_ref().map(|c| c.0.clone()).unwrap_or_default();
+                    answer.response.outputs.retain(|t| &t.name != output);
+                }
+                let mut answer = self.tag(answer);
+                answer.response.parameters.insert("sluice_stage".into(), i.into());
+                return Ok(answer);
+            }
+        }
+        Err(ServeError::Internal(format!("endpoint '{}': the cascade's last stage did not answer", self.name)))
+    }
+
+    /// The answer under the endpoint's name, saying what answered.
+    fn tag(&self, mut answer: Answer) -> Answer {
+        let r = &mut answer.response;
+        r.parameters.insert("sluice_model".into(), std::mem::replace(&mut r.model_name, self.name.clone()).into());
+        r.parameters.insert("sluice_model_version".into(), std::mem::take(&mut r.model_version).into());
+        answer
+    }
+}
+
+/// A target's stable name (what a split hashes with the unit).
+fn key(t: &Target) -> String {
+    match t {
+        Target::Model { name, version: Some(v) } => format!("{name}:{v}"),
+        Target::Model { name, version: None } => name.clone(),
+        Target::Endpoint(name) => format!("endpoint:{name}"),
+    }
+}
+
+/// The confidence of a stage's answer, from its FP32 output `output` (rows: its last dimension).
+fn stage_confidence(answer: &Answer, output: &str, softmax: bool) -> Result<Option<f32>, ServeError> {
+    let t = answer.response.outputs.iter().find(|t| t.name == output).ok_or_else(|| {
+        ServeError::Internal(format!("cascade stage '{}' did not return output '{output}'", answer.response.model_name))
+    })?;
+    let (DataType::Fp32, TensorData::Fixed(bytes)) = (t.datatype, &t.data) else {
+        return Err(ServeError::invalid(format!(
+            "cascade confidence output '{output}' of '{}': expected FP32, got {}",
+            answer.response.model_name, t.datatype
+        )));
+    };
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let row = t.shape.last().copied().unwrap_or(1).max(1) as usize;
+    Ok(cascade::confidence(&values, row, softmax))
+}
+
+#[async_trait]
+impl Endpoint for Policy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ready(&self) -> bool {
+        self.definition.targets().iter().all(|t| self.resolve(t).is_ok_and(|e| e.ready()))
+    }
+
+    fn metadata(&self) -> ModelMetadata {
+        let mut m = match self.resolve(self.representative()) {
+            Ok(e) => e.metadata(),
+            Err(_) => ModelMetadata::default(),
+        };
+        m.name = self.name.clone();
+        m.versions = vec!["1".into()];
+        m.platform = "sluice_endpoint".into();
+        m
+    }
+
+    fn config(&self) -> Arc<ModelConfig> {
+        let mut c = match self.resolve(self.representative()) {
+            Ok(e) => (*e.config()).clone(),
+            Err(_) => ModelConfig::default(),
+        };
+        c.name = self.name.clone();
+        Arc::new(c)
+    }
+
+    /// Every target's statistics, each model version once.
+    fn statistics(&self) -> Vec<ModelStatistics> {
+        let mut out: Vec<ModelStatistics> = Vec::new();
+        for t in self.definition.targets() {
+            for s in self.resolve(t).map(|e| e.statistics()).unwrap_or_default() {
+                if !out.iter().any(|o| o.name == s.name && o.version == s.version) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    fn check(&self, request: &InferRequest) -> Result<(), ServeError> {
+        self.resolve(self.representative())?.check(request)
+    }
+
+    async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
+        if let Definition::Cascade { stages } = &self.definition {
+            return self.cascade(ctx, request, stages).await;
+        }
+        let Some((target, rule)) = self.pick(ctx, &request)? else {
+            return Err(ServeError::Unsupported(format!("endpoint '{}' cannot answer this", self.name)));
+        };
+        let answer = self.resolve(target)?.infer(ctx, request).await?;
+        let mut answer = self.tag(answer);
+        if let Some(i) = rule {
+            answer.response.parameters.insert("sluice_rule".into(), i.into());
+        }
+        Ok(answer)
+    }
+
+    fn generative(&self) -> bool {
+        !matches!(self.definition, Definition::Cascade { .. })
+            && self.resolve(self.representative()).is_ok_and(|e| e.generative())
+    }
+
+    /// Route and split send a generation where they would send a request (the rules see its
+    /// headers; it has no V2 parameters or inputs).
+    fn generate(&self, ctx: &RequestContext, request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+        match self.pick(ctx, &InferRequest::default())? {
+            Some((target, _)) => self.resolve(target)?.generate(ctx, request),
+            None => Err(ServeError::Unsupported(format!(
+                "endpoint '{}' is a cascade: it answers infer requests, not generations",
+                self.name
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+    use sluice_types::{InferResponse, Tensor, Timings};
+
+    use super::*;
+    use crate::definition::parse;
+
+    /// An endpoint that answers `probabilities` with fixed values, counting its calls.
+    struct Fixed {
+        name: String,
+        probabilities: Vec<f32>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Endpoint for Fixed {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn ready(&self) -> bool {
+            true
+        }
+        fn metadata(&self) -> ModelMetadata {
+            ModelMetadata { name: self.name.clone(), ..Default::default() }
+        }
+        fn config(&self) -> Arc<ModelConfig> {
+            Arc::new(ModelConfig::default())
+        }
+        fn statistics(&self) -> Vec<ModelStatistics> {
+            vec![]
+        }
+        fn check(&self, _: &InferRequest) -> Result<(), ServeError> {
+            Ok(())
+        }
+        async fn infer(&self, _: &RequestContext, req: InferRequest) -> Result<Answer, ServeError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let mut outputs = vec![
+                Tensor::from_vec("probabilities", vec![1, self.probabilities.len() as i64], self.probabilities.clone()),
+                Tensor::from_vec("label", vec![1, 1], vec![0i64]),
+            ];
+            if !req.outputs.is_empty() {
+                outputs.retain(|t| req.outputs.iter().any(|o| o.name == t.name));
+            }
+            let response = InferResponse {
+                model_name: self.name.clone(),
+                model_version: "1".into(),
+                outputs,
+                ..Default::default()
+            };
+            Ok(Answer { response, timings: Timings::default() })
+        }
+    }
+
+    struct Table(HashMap<String, Arc<Fixed>>);
+
+    impl Resolver for Table {
+        fn resolve(&self, name: &str, _: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
+            self.0
+                .get(name)
+                .map(|e| e.clone() as Arc<dyn Endpoint>)
+                .ok_or_else(|| ServeError::model_not_found(name, None))
+        }
+    }
+
+    fn table(models: &[(&str, &[f32])]) -> Arc<Table> {
+        Arc::new(Table(
+            models
+                .iter()
+                .map(|(n, p)| {
+                    (
+                        n.to_string(),
+                        Arc::new(Fixed { name: n.to_string(), probabilities: p.to_vec(), calls: AtomicUsize::new(0) }),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    fn policy(t: &Arc<Table>, yaml: &str) -> Policy {
+        let weak: Weak<dyn Resolver> = Arc::downgrade(&(t.clone() as Arc<dyn Resolver>));
+        Policy::new("ep", parse("ep/endpoint.yaml", yaml).unwrap(), weak).unwrap()
+    }
+
+    fn calls(t: &Table, name: &str) -> usize {
+        t.0[name].calls.load(Ordering::Relaxed)
+    }
+
+    fn text(s: &str) -> InferRequest {
+        InferRequest { inputs: vec![Tensor::from_strings("TEXT", vec![1, 1], &[s])], ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_route_takes_the_first_matching_rule_and_says_which() {
+        let t = table(&[("fast", &[0.9, 0.1]), ("accurate", &[0.6, 0.4])]);
+        let p = policy(
+            &t,
+            "kind: route\nrules:\n  - when: { header: x-canary, equals: '1' }\n    to: { model: fast }\ndefault: { model: accurate }\n",
+        );
+        let canary = RequestContext::new("r").with_header_pairs(&[("x-canary".into(), "1".into())]);
+        let a = p.infer(&canary, text("hi")).await.unwrap();
+        assert_eq!(a.response.model_name, "ep");
+        assert_eq!(a.response.parameters["sluice_model"], json!("fast"));
+        assert_eq!(a.response.parameters["sluice_model_version"], json!("1"));
+        assert_eq!(a.response.parameters["sluice_rule"], json!(0));
+        let a = p.infer(&RequestContext::new("r"), text("hi")).await.unwrap();
+        assert_eq!(a.response.parameters["sluice_model"], json!("accurate"));
+        assert!(!a.response.parameters.contains_key("sluice_rule"), "the default is no rule");
+    }
+
+    #[tokio::test]
+    async fn a_cascade_escalates_when_unsure_and_the_request_can_move_the_bar() {
+        let yaml = "kind: cascade\nstages:\n  - model: fast\n    confidence: { output: probabilities }\n    threshold: 0.8\n  - model: accurate\n";
+        let sure = table(&[("fast", &[0.9, 0.1]), ("accurate", &[0.6, 0.4])]);
+        let a = policy(&sure, yaml).infer(&RequestContext::new("r"), text("x")).await.unwrap();
+        assert_eq!(
+            (a.response.parameters["sluice_model"].clone(), a.response.parameters["sluice_stage"].clone()),
+            (json!("fast"), json!(0))
+        );
+        assert_eq!(calls(&sure, "accurate"), 0);
+
+        let unsure = table(&[("fast", &[0.7, 0.3]), ("accurate", &[0.6, 0.4])]);
+        let p = policy(&unsure, yaml);
+        let a = p.infer(&RequestContext::new("r"), text("x")).await.unwrap();
+        assert_eq!(a.response.parameters["sluice_stage"], json!(1));
+        assert_eq!((calls(&unsure, "fast"), calls(&unsure, "accurate")), (1, 1));
+        // The caller accepts less certainty: the first stage answers.
+        let mut lenient = text("x");
+        lenient.parameters.insert("confidence_threshold".into(), json!(0.65));
+        assert_eq!(
+            p.infer(&RequestContext::new("r"), lenient).await.unwrap().response.parameters["sluice_stage"],
+            json!(0)
+        );
+        let mut bad = text("x");
+        bad.parameters.insert("confidence_threshold".into(), json!("high"));
+        assert!(p
+            .infer(&RequestContext::new("r"), bad)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("confidence_threshold"));
+    }
+
+    #[tokio::test]
+    async fn a_cascade_asks_for_its_confidence_output_and_hides_it_again() {
+        let t = table(&[("fast", &[0.9, 0.1]), ("accurate", &[0.6, 0.4])]);
+        let p = policy(&t, "kind: cascade\nstages:\n  - model: fast\n    confidence: { output: probabilities }\n    threshold: 0.8\n  - model: accurate\n");
+        let mut req = text("x");
+        req.outputs = vec![RequestedOutput { name: "label".into(), parameters: Default::default() }];
+        let a = p.infer(&RequestContext::new("r"), req).await.unwrap();
+        assert_eq!(a.response.parameters["sluice_stage"], json!(0));
+        let names: Vec<&str> = a.response.outputs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["label"]);
+    }
+
+    #[tokio::test]
+    async fn a_split_is_sticky_per_header_and_follows_its_weights() {
+        let t = table(&[("a", &[1.0]), ("b", &[1.0])]);
+        let p = policy(&t, "kind: split\ntargets:\n  - { model: a, weight: 80 }\n  - { model: b, weight: 20 }\nsticky: { header: x-user-id }\n");
+        let mut to_b = 0;
+        for u in 0..2000 {
+            let ctx =
+                RequestContext::new(format!("req-{u}")).with_header_pairs(&[("x-user-id".into(), format!("user-{u}"))]);
+            let first = p.infer(&ctx, text("x")).await.unwrap().response.parameters["sluice_model"].clone();
+            let again = p
+                .infer(
+                    &RequestContext::new("other").with_header_pairs(&[("x-user-id".into(), format!("user-{u}"))]),
+                    text("x"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(again.response.parameters["sluice_model"], first, "user-{u} moved");
+            to_b += usize::from(first == json!("b"));
+        }
+        assert!((to_b as f64 / 2000.0 - 0.2).abs() < 0.03, "{to_b}");
+    }
+
+    #[tokio::test]
+    async fn missing_targets_and_shadows_are_clear_errors() {
+        let t = table(&[("a", &[1.0])]);
+        let p = policy(&t, "kind: route\nrules:\n  - when: { header: x, present: true }\n    to: { model: gone }\n");
+        assert!(!p.ready());
+        let ctx = RequestContext::new("r").with_header_pairs(&[("x".into(), "1".into())]);
+        assert!(matches!(p.infer(&ctx, text("x")).await, Err(ServeError::NotFound(_))));
+        let e = p.infer(&RequestContext::new("r"), text("x")).await.unwrap_err();
+        assert!(e.to_string().contains("no rule matched"), "{e}");
+        let weak: Weak<dyn Resolver> = Arc::downgrade(&(t.clone() as Arc<dyn Resolver>));
+        let shadow = parse("s", "kind: shadow\nprimary: { model: a }\nshadows: [ { model: a } ]\n").unwrap();
+        assert!(Policy::new("s", shadow, weak).is_err());
+    }
+}
