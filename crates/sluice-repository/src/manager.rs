@@ -301,6 +301,27 @@ impl ModelRepository {
     }
 }
 
+/// The file that makes a repository directory an endpoint (a policy over models).
+pub const ENDPOINT_FILE: &str = "endpoint.yaml";
+
+/// Endpoint directories of the repositories: `(name, path of its endpoint.yaml)`, sorted, the
+/// first root winning on duplicates.
+pub fn scan_endpoints(roots: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    for root in roots {
+        let Ok(rd) = std::fs::read_dir(root) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let file = e.path().join(ENDPOINT_FILE);
+            if !name.starts_with('.') && file.is_file() && !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, file));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Directory names of the repositories' models (sorted, first root wins on duplicates).
 pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
     let mut names = Vec::new();
@@ -309,7 +330,8 @@ pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
         for e in rd.flatten() {
             let is_dir = e.file_type().map(|t| t.is_dir() || t.is_symlink()).unwrap_or(false) && e.path().is_dir();
             let name = e.file_name().to_string_lossy().into_owned();
-            if is_dir && !name.starts_with('.') {
+            // A directory holding `endpoint.yaml` declares an endpoint, not a model.
+            if is_dir && !name.starts_with('.') && !e.path().join(ENDPOINT_FILE).is_file() {
                 names.push(name);
             }
         }

@@ -319,5 +319,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     repo.load_startup_models().await?;
     // The poller lives as long as the runtime; nothing needs to join it.
     drop(repo.spawn_poller(opts.poll_interval));
-    Ok(Engine::new(repo))
+    let engine = Engine::new(repo);
+    engine.load_endpoints();
+    Ok(engine)
 }
