@@ -11,27 +11,10 @@ use common::*;
 use serde_json::{json, Value};
 use sluice_server::{EngineOptions, JobsOptions, RunningServer, ServerConfig};
 
-const CONFIG: &str = r#"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
-        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
-output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" },
-         { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } } ]
-parameters { key: "text_input" value: { string_value: "TEXT" } }
-parameters { key: "max_sequence_length" value: { string_value: "128" } }
-"#;
-
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for name in ["spam-fast", "spam-accurate"] {
-        let m = sluice_test_models::model_path(name);
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(d.join("1")).unwrap();
-        std::os::unix::fs::symlink(m.join("model.onnx"), d.join("1/model.onnx")).unwrap();
-        std::fs::copy(m.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
-        std::fs::copy(m.join("labels.txt"), d.join("labels.txt")).unwrap();
-        std::fs::write(d.join("config.pbtxt"), CONFIG).unwrap();
+        add_text_classifier(dir.path(), name, name, "");
     }
     let endpoint = |name: &str, yaml: &str| {
         std::fs::create_dir_all(dir.path().join(name)).unwrap();

@@ -8,27 +8,9 @@ use common::*;
 use serde_json::{json, Value};
 use sluice_server::{EngineOptions, ServerConfig};
 
-const CONFIG: &str = r#"
-name: "spam"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
-        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
-output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" },
-         { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } } ]
-dynamic_batching { max_queue_delay_microseconds: 1000 }
-parameters { key: "text_input" value: { string_value: "TEXT" } }
-parameters { key: "max_sequence_length" value: { string_value: "128" } }
-"#;
-
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let m = sluice_test_models::model_path("spam-fast");
-    std::fs::create_dir_all(dir.path().join("spam/1")).unwrap();
-    std::os::unix::fs::symlink(m.join("model.onnx"), dir.path().join("spam/1/model.onnx")).unwrap();
-    std::fs::copy(m.join("tokenizer.json"), dir.path().join("spam/tokenizer.json")).unwrap();
-    std::fs::copy(m.join("labels.txt"), dir.path().join("spam/labels.txt")).unwrap();
-    std::fs::write(dir.path().join("spam/config.pbtxt"), CONFIG).unwrap();
+    add_text_classifier(dir.path(), "spam", "spam-fast", "dynamic_batching { max_queue_delay_microseconds: 1000 }");
     dir
 }
 

@@ -57,3 +57,28 @@ pub fn slow_repo() -> tempfile::TempDir {
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/slow.onnx"), v.join("model.onnx")).unwrap();
     dir
 }
+
+/// The config of a spam classifier of $SLUICE_MODELS taking text: the server tokenizes `TEXT`
+/// with the model's own tokenizer.json and answers `probabilities` (labelled) and `label`.
+const TEXT_CLASSIFIER: &str = r#"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },
+        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]
+output [ { name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "labels.txt" },
+         { name: "label" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } } ]
+parameters { key: "text_input" value: { string_value: "TEXT" } }
+parameters { key: "max_sequence_length" value: { string_value: "128" } }
+"#;
+
+/// `source` (spam-fast or spam-accurate, from $SLUICE_MODELS) as the text model `dir/name`,
+/// version 1, with `extra` appended to its config.
+pub fn add_text_classifier(dir: &Path, name: &str, source: &str, extra: &str) {
+    let m = sluice_test_models::model_path(source);
+    let d = dir.join(name);
+    std::fs::create_dir_all(d.join("1")).unwrap();
+    std::os::unix::fs::symlink(m.join("model.onnx"), d.join("1/model.onnx")).unwrap();
+    std::fs::copy(m.join("tokenizer.json"), d.join("tokenizer.json")).unwrap();
+    std::fs::copy(m.join("labels.txt"), d.join("labels.txt")).unwrap();
+    std::fs::write(d.join("config.pbtxt"), format!("{TEXT_CLASSIFIER}{extra}\n")).unwrap();
+}
