@@ -13,6 +13,8 @@
 # Models (I/O checked with onnxruntime 1.32):
 #   spam-fast, spam-accurate  input_ids, attention_mask INT64 [batch, seq]
 #                             -> probabilities FP32 [batch, 2], label INT64 [batch]
+#   spam-text, spam-text-accurate  the same taking TEXT (BYTES), tokenized by the server
+#   spam-cascade              an endpoint: spam-text, then spam-text-accurate when it is unsure
 #   efficientnet-lite0        input FP32 [N, 3, 224, 224] -> logits FP32 [N, 1000]
 set -euo pipefail
 
@@ -51,7 +53,7 @@ link() {
 
 spam_config() {
     cat <<EOF
-# $1: MiniLM encoder + mean pooling + logistic head (int8), from $models/$1.
+# $1: MiniLM encoder + mean pooling + logistic head (int8), from $models/${2:-$1}.
 # Written by scripts/make_models_repo.sh.
 name: "$1"
 platform: "onnxruntime_onnx"
@@ -101,14 +103,31 @@ for m in spam-fast spam-accurate; do
     spam_config "$m" >"$dir/$m/config.pbtxt"
 done
 
-# spam-text: spam-fast taking text (the server tokenizes) and answering labels.
-link "$models/spam-fast/model.onnx" "$dir/spam-text/1/model.onnx"
-link "$models/spam-fast/tokenizer.json" "$dir/spam-text/tokenizer.json"
-link "$models/spam-fast/labels.txt" "$dir/spam-text/labels.txt"
-spam_config spam-text >"$dir/spam-text/config.pbtxt"
-cat >>"$dir/spam-text/config.pbtxt" <<'EOF'
+# spam-text, spam-text-accurate: spam-fast and spam-accurate taking text (the server tokenizes)
+# and answering labels.
+for pair in spam-text:spam-fast spam-text-accurate:spam-accurate; do
+    name="${pair%%:*}" src="${pair#*:}"
+    link "$models/$src/model.onnx" "$dir/$name/1/model.onnx"
+    link "$models/$src/tokenizer.json" "$dir/$name/tokenizer.json"
+    link "$models/$src/labels.txt" "$dir/$name/labels.txt"
+    spam_config "$name" "$src" >"$dir/$name/config.pbtxt"
+    cat >>"$dir/$name/config.pbtxt" <<'EOF'
 parameters { key: "text_input" value: { string_value: "TEXT" } }
 parameters { key: "max_sequence_length" value: { string_value: "128" } }
+EOF
+done
+
+# spam-cascade: an endpoint (README, "Endpoints"): the fast classifier answers when it is at
+# least 90 % sure, the accurate one otherwise.
+mkdir -p "$dir/spam-cascade"
+cat >"$dir/spam-cascade/endpoint.yaml" <<'EOF'
+# Written by scripts/make_models_repo.sh.
+kind: cascade
+stages:
+  - model: spam-text
+    confidence: { output: probabilities }
+    threshold: 0.9
+  - model: spam-text-accurate
 EOF
 
 # smollm: a generative model (candle backend). No config: a directory holding
@@ -116,7 +135,7 @@ EOF
 link "$models/smollm2-135m-instruct/model.gguf" "$dir/smollm/1/model.gguf"
 link "$models/smollm2-135m-instruct/tokenizer.json" "$dir/smollm/tokenizer.json"
 
-served=(spam-fast spam-accurate spam-text)
+served=(spam-fast spam-accurate spam-text spam-text-accurate)
 m=efficientnet-lite0
 if [[ -f "$models/$m/model.onnx" ]]; then
     link "$models/$m/model.onnx" "$dir/$m/1/model.onnx"
@@ -165,4 +184,5 @@ for m in "${served[@]}"; do
     echo "  $m -> $(readlink "$dir/$m/1/model.onnx")"
 done
 echo "  smollm -> $(readlink "$dir/smollm/1/model.gguf")"
+echo "  spam-cascade: an endpoint, spam-text then spam-text-accurate (spam-cascade/endpoint.yaml)"
 echo "serve it with: sluice serve --model-repository $dir"

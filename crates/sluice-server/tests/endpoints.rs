@@ -105,6 +105,12 @@ async fn endpoints_route_cascade_and_split_real_models() {
     );
     let a = infer(&s, "cascade", &[], &body(&text, json!({"confidence_threshold": 0.0}))).await;
     assert_eq!(a["parameters"]["sluice_stage"], 0);
+    // With Triton's classification asked of the confidence output, its top score decides.
+    let mut classified = body(&text, json!({}));
+    classified["outputs"] = json!([{"name": "probabilities", "parameters": {"classification": 1}}]);
+    let a = infer(&s, "cascade", &[], &classified).await;
+    assert_eq!(a["parameters"]["sluice_stage"], want.1, "{a}");
+    assert!(a["outputs"][0]["data"][0].as_str().unwrap().contains(':'), "{a}");
     if sure < 1.0 {
         let a = infer(&s, "cascade", &[], &body(&text, json!({"confidence_threshold": 1.0}))).await;
         assert_eq!(a["parameters"]["sluice_stage"], 1, "p = {sure}");

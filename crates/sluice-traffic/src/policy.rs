@@ -152,20 +152,34 @@ fn key(t: &Target) -> String {
     }
 }
 
-/// The confidence of a stage's answer, from its FP32 output `output` (rows: its last dimension).
+/// The confidence of a stage's answer, from its output `output` (rows: its last dimension):
+/// FP32 values, or the `score:index[:label]` strings of Triton's `classification` when the client
+/// asked for them (each row's first string holds its top score).
 fn stage_confidence(answer: &Answer, output: &str, softmax: bool) -> Result<Option<f32>, ServeError> {
     let t = answer.response.outputs.iter().find(|t| t.name == output).ok_or_else(|| {
         ServeError::Internal(format!("cascade stage '{}' did not return output '{output}'", answer.response.model_name))
     })?;
-    let (DataType::Fp32, TensorData::Fixed(bytes)) = (t.datatype, &t.data) else {
-        return Err(ServeError::invalid(format!(
-            "cascade confidence output '{output}' of '{}': expected FP32, got {}",
-            answer.response.model_name, t.datatype
-        )));
-    };
-    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let row = t.shape.last().copied().unwrap_or(1).max(1) as usize;
-    Ok(cascade::confidence(&values, row, softmax))
+    match (t.datatype, &t.data) {
+        (DataType::Fp32, TensorData::Fixed(bytes)) => {
+            let values: Vec<f32> =
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok(cascade::confidence(&values, row, softmax))
+        }
+        (DataType::Bytes, TensorData::Bytes(items)) if !softmax => {
+            let tops = items.chunks(row).map(|r| {
+                let first = String::from_utf8_lossy(&r[0]).into_owned();
+                first.split(':').next().and_then(|score| score.parse::<f32>().ok())
+            });
+            Ok(tops.collect::<Option<Vec<f32>>>().and_then(|v| v.into_iter().reduce(f32::min)))
+        }
+        _ => Err(ServeError::invalid(format!(
+            "cascade confidence output '{output}' of '{}': expected FP32 values{}, got {}",
+            answer.response.model_name,
+            if softmax { "" } else { " or classification strings" },
+            t.datatype
+        ))),
+    }
 }
 
 #[async_trait]
@@ -404,6 +418,21 @@ mod tests {
         assert_eq!(a.response.parameters["sluice_stage"], json!(0));
         let names: Vec<&str> = a.response.outputs.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["label"]);
+    }
+
+    #[test]
+    fn confidence_reads_classification_strings_too() {
+        let answer = |t: Tensor| Answer {
+            response: InferResponse { model_name: "m".into(), outputs: vec![t], ..Default::default() },
+            timings: Timings::default(),
+        };
+        let strings = Tensor::from_strings("p", vec![2, 1], &["0.95:1:spam", "0.7:0:ham"]);
+        assert_eq!(stage_confidence(&answer(strings.clone()), "p", false).unwrap(), Some(0.7));
+        assert!(stage_confidence(&answer(strings), "p", true).is_err(), "no softmax over a top-k");
+        let garbled = Tensor::from_strings("p", vec![1, 1], &["spam"]);
+        assert_eq!(stage_confidence(&answer(garbled), "p", false).unwrap(), None, "never confident");
+        let ints = Tensor::from_vec("p", vec![1, 2], vec![1i64, 2]);
+        assert!(stage_confidence(&answer(ints), "p", false).unwrap_err().to_string().contains("INT64"));
     }
 
     #[tokio::test]
