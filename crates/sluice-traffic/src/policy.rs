@@ -25,6 +25,8 @@ pub struct Policy {
     name: String,
     definition: Definition,
     resolver: Weak<dyn Resolver>,
+    /// A split's targets as the assignment hashes them (a stable name each) with their weights.
+    split_keys: Vec<(String, f64)>,
 }
 
 impl Policy {
@@ -34,7 +36,11 @@ impl Policy {
         if let Definition::Shadow { .. } = definition {
             return Err(ServeError::Unsupported(format!("endpoint '{name}': kind 'shadow' is not served yet")));
         }
-        Ok(Policy { name: name.to_string(), definition, resolver })
+        let split_keys = match &definition {
+            Definition::Split { targets, .. } => targets.iter().map(|(t, w)| (key(t), *w)).collect(),
+            Definition::Route { .. } | Definition::Cascade { .. } | Definition::Shadow { .. } => Vec::new(),
+        };
+        Ok(Policy { name: name.to_string(), definition, resolver, split_keys })
     }
 
     fn resolver(&self) -> Result<Arc<dyn Resolver>, ServeError> {
@@ -82,10 +88,7 @@ impl Policy {
                 }
                 // Without a unit, each request is its own (its id is unique per request).
                 .unwrap_or_else(|| ctx.request_id.clone());
-                let keys: Vec<String> = targets.iter().map(|(t, _)| key(t)).collect();
-                let weighted: Vec<(&str, f64)> =
-                    keys.iter().map(String::as_str).zip(targets.iter().map(|(_, w)| *w)).collect();
-                Ok(Some((&targets[split::assign(&self.name, &unit, &weighted)].0, None)))
+                Ok(Some((&targets[split::assign(&self.name, &unit, &self.split_keys)].0, None)))
             }
             Definition::Cascade { .. } | Definition::Shadow { .. } => Ok(None),
         }

@@ -13,8 +13,14 @@
 /// FNV-1a over salt, a separator and the key, then splitmix64's finaliser (FNV's high bits
 /// alone are not uniform enough for short keys).
 pub fn point(salt: &str, key: &str) -> f64 {
+    point_of(salt, &[key.as_bytes()])
+}
+
+/// [`point`] of the key that `parts` make when joined, without joining them.
+fn point_of(salt: &str, parts: &[&[u8]]) -> f64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in salt.bytes().chain(std::iter::once(0xff)).chain(key.bytes()) {
+    let key = parts.iter().flat_map(|p| p.iter().copied());
+    for b in salt.bytes().chain(std::iter::once(0xff)).chain(key) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -29,13 +35,14 @@ pub fn point(salt: &str, key: &str) -> f64 {
 
 /// Which of `targets` (a stable name each, and its weight) `unit` goes to. Weights are
 /// non-negative with a positive sum ([`check_weights`]); a zero weight gets no unit.
-pub fn assign(salt: &str, unit: &str, targets: &[(&str, f64)]) -> usize {
+pub fn assign<S: AsRef<str>>(salt: &str, unit: &str, targets: &[(S, f64)]) -> usize {
     let mut best = (f64::INFINITY, 0);
     for (i, (name, w)) in targets.iter().enumerate() {
         if *w <= 0.0 {
             continue;
         }
-        let score = -point(salt, &format!("{unit}\u{1f}{name}")).ln() / w;
+        // The key is "unit \x1f name", hashed in pieces: this runs per request and target.
+        let score = -point_of(salt, &[unit.as_bytes(), b"\x1f", name.as_ref().as_bytes()]).ln() / w;
         if score < best.0 {
             best = (score, i);
         }
