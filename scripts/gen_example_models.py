@@ -245,6 +245,50 @@ def make_iris() -> tuple[onnx.ModelProto, str]:
     return model, config
 
 
+# A Triton ensemble over add_sub: (a + b) + (a - b) = 2a and (a + b) - (a - b) = 2b through two
+# chained steps, and a + a = 2a in a third step that needs only the ensemble's inputs.
+ADD_SUB_TWICE_CONFIG = """\
+name: "add_sub_twice"
+platform: "ensemble"
+max_batch_size: 8
+input [
+  { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] },
+  { name: "DOUBLE0" data_type: TYPE_FP32 dims: [ 16 ] }
+]
+ensemble_scheduling {
+  step [
+    {
+      model_name: "add_sub"
+      model_version: -1
+      input_map { key: "INPUT0" value: "INPUT0" }
+      input_map { key: "INPUT1" value: "INPUT1" }
+      output_map { key: "OUTPUT0" value: "sum" }
+      output_map { key: "OUTPUT1" value: "difference" }
+    },
+    {
+      model_name: "add_sub"
+      model_version: -1
+      input_map { key: "INPUT0" value: "sum" }
+      input_map { key: "INPUT1" value: "difference" }
+      output_map { key: "OUTPUT0" value: "OUTPUT0" }
+      output_map { key: "OUTPUT1" value: "OUTPUT1" }
+    },
+    {
+      model_name: "add_sub"
+      model_version: -1
+      input_map { key: "INPUT0" value: "INPUT0" }
+      input_map { key: "INPUT1" value: "INPUT0" }
+      output_map { key: "OUTPUT0" value: "DOUBLE0" }
+    }
+  ]
+}
+"""
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -261,6 +305,7 @@ regenerate them byte for byte, `--check` to verify). Serve them with:
 | `add_sub` | `config.pbtxt` | `INPUT0`, `INPUT1` FP32 `[-1, 16]` | `OUTPUT0` = INPUT0 + INPUT1, `OUTPUT1` = INPUT0 − INPUT1, FP32 `[-1, 16]` | Triton's classic example: `max_batch_size: 8`, dynamic batching (no delay: whatever is queued when the instance is free runs as one batch), one CPU instance; used by the conformance tests and `perf_analyzer` |
 | `identity` | none (auto-complete) | `INPUT0` INT32, ONNX shape `[N]` | `OUTPUT0` INT32 `[N]` | configuration auto-completed from the ONNX file; raw binary requests (`Inference-Header-Content-Length: 0`); unload / load |
 | `identity_bytes` | `config.pbtxt` | `INPUT0` BYTES (`TYPE_STRING`) `[-1]` | `OUTPUT0` BYTES `[-1]` | string tensors in JSON, binary and gRPC; `max_batch_size: 0` |
+| `add_sub_twice` | `config.pbtxt` (`platform: "ensemble"`) | `INPUT0`, `INPUT1` FP32 `[-1, 16]` | `OUTPUT0` = 2 × INPUT0, `OUTPUT1` = 2 × INPUT1 (add_sub of add_sub's sum and difference), `DOUBLE0` = 2 × INPUT0 (add_sub of INPUT0 with itself) | a Triton ensemble, as Triton loads it: three add_sub steps wired by `input_map` / `output_map`; the first and third run at the same time, the second waits for the first; `1/` is empty |
 | `iris` | `config.yaml` | `input` FP32 `[-1, 4]` | `label` INT64 (ONNX `[N]`, config `dims: [1]` + `reshape: { shape: [] }`), `probabilities` FP32 `[-1, 3]` | a real scikit-learn `LogisticRegression` trained on the iris data set, exported with skl2onnx (`zipmap=False`); YAML config; `max_batch_size: 16` |
 
 Example request:
@@ -296,12 +341,16 @@ from packages does not (it was converted with torch, and no test needs it).
 
 def generate(out: Path) -> None:
     if out.exists():
-        for sub in ("add_sub", "identity", "identity_bytes", "iris"):
+        for sub in ("add_sub", "add_sub_twice", "identity", "identity_bytes", "iris"):
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
     _save(make_add_sub(), out / "add_sub/1/model.onnx")
     _write(out / "add_sub/config.pbtxt", ADD_SUB_CONFIG)
+
+    _write(out / "add_sub_twice/config.pbtxt", ADD_SUB_TWICE_CONFIG)
+    # Triton looks for an ensemble's version in an (empty) version directory.
+    _write(out / "add_sub_twice/1/.gitkeep", "")
 
     _save(make_identity("identity", TensorProto.INT32), out / "identity/1/model.onnx")
 

@@ -9,7 +9,7 @@ pub mod remote;
 pub mod warmup;
 
 pub use manager::{
-    scan_endpoints, scan_model_names, ControlMode, LoadOverride, ModelRecord, ModelRepository, RepositoryOptions,
-    ServedVersion, ENDPOINT_FILE,
+    endpoint_file, scan_endpoints, scan_model_names, ControlMode, LoadOverride, ModelRecord, ModelRepository,
+    RepositoryOptions, ServedVersion, ENDPOINT_FILE,
 };
 pub use remote::{RemoteRepository, SyncReport};

@@ -304,16 +304,40 @@ impl ModelRepository {
 /// The file that makes a repository directory an endpoint (a policy over models).
 pub const ENDPOINT_FILE: &str = "endpoint.yaml";
 
-/// Endpoint directories of the repositories: `(name, path of its endpoint.yaml)`, sorted, the
-/// first root winning on duplicates.
+/// The file that makes `dir` an endpoint rather than a model: its `endpoint.yaml`, or the config
+/// of a Triton ensemble (`platform: "ensemble"`), which runs other models and has no files of its
+/// own. A config that does not parse is left to the model loader to report.
+pub fn endpoint_file(dir: &Path) -> Option<PathBuf> {
+    let yaml = dir.join(ENDPOINT_FILE);
+    if yaml.is_file() {
+        return Some(yaml);
+    }
+    for name in crate::config::CONFIG_FILE_NAMES {
+        let path = dir.join(name);
+        // Most configs are not ensembles: look for the word before parsing.
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        if !text.contains("ensemble") {
+            return None;
+        }
+        let format = crate::config::ConfigFormat::from_path(&path)?;
+        let config = crate::config::parse_model_config(&text, format).ok()?;
+        return (config.platform == "ensemble" || config.backend == "ensemble").then_some(path);
+    }
+    None
+}
+
+/// Endpoint directories of the repositories (`endpoint.yaml` or a Triton ensemble): `(name,
+/// path of the file that declares it)`, sorted, the first root winning on duplicates.
 pub fn scan_endpoints(roots: &[PathBuf]) -> Vec<(String, PathBuf)> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     for root in roots {
         let Ok(rd) = std::fs::read_dir(root) else { continue };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let file = e.path().join(ENDPOINT_FILE);
-            if !name.starts_with('.') && file.is_file() && !out.iter().any(|(n, _)| *n == name) {
+            if name.starts_with('.') || out.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            if let Some(file) = endpoint_file(&e.path()) {
                 out.push((name, file));
             }
         }
@@ -330,8 +354,8 @@ pub fn scan_model_names(roots: &[PathBuf]) -> Vec<String> {
         for e in rd.flatten() {
             let is_dir = e.file_type().map(|t| t.is_dir() || t.is_symlink()).unwrap_or(false) && e.path().is_dir();
             let name = e.file_name().to_string_lossy().into_owned();
-            // A directory holding `endpoint.yaml` declares an endpoint, not a model.
-            if is_dir && !name.starts_with('.') && !e.path().join(ENDPOINT_FILE).is_file() {
+            // A directory holding `endpoint.yaml` or an ensemble's config declares an endpoint.
+            if is_dir && !name.starts_with('.') && endpoint_file(&e.path()).is_none() {
                 names.push(name);
             }
         }

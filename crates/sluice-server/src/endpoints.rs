@@ -43,13 +43,18 @@ enum Reread {
 impl Engine {
     /// Reads the endpoints to serve at start: every one, or in explicit mode those named by
     /// `--load-model`.
-    pub fn load_endpoints(&self) {
+    /// In explicit mode the models they need are loaded first, as Triton loads an ensemble's
+    /// composing models.
+    pub async fn load_endpoints(&self) {
         let opts = self.repository().options();
-        let mut names: Vec<String> =
-            sluice_repository::scan_endpoints(&opts.roots).into_iter().map(|(name, _)| name).collect();
+        let mut found = sluice_repository::scan_endpoints(&opts.roots);
         if opts.control_mode == sluice_repository::ControlMode::Explicit {
-            names.retain(|n| opts.startup_models.contains(n) || opts.startup_models.iter().any(|m| m == "*"));
+            found.retain(|(n, _)| opts.startup_models.contains(n) || opts.startup_models.iter().any(|m| m == "*"));
+            for (name, file) in &found {
+                self.load_targets_of(name, file).await;
+            }
         }
+        let names: Vec<String> = found.into_iter().map(|(name, _)| name).collect();
         self.reread_endpoints(&names, Reread::Always);
     }
 
@@ -63,9 +68,47 @@ impl Engine {
         self.reread_endpoints(&names, Reread::Changed);
     }
 
-    /// True when `name` is an endpoint directory of a repository.
-    pub(crate) fn is_endpoint_dir(&self, name: &str) -> bool {
-        sluice_repository::scan_endpoints(&self.repository().options().roots).iter().any(|(n, _)| n == name)
+    /// The file declaring `name` when it is an endpoint directory of a repository.
+    pub(crate) fn endpoint_dir(&self, name: &str) -> Option<std::path::PathBuf> {
+        sluice_repository::scan_endpoints(&self.repository().options().roots)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, file)| file)
+    }
+
+    /// Loads the models `name`'s definition sends traffic to that are not loaded yet, as Triton
+    /// does for an ensemble's composing models. A model that fails leaves the endpoint unready
+    /// (the load of the endpoint says why).
+    pub(crate) async fn load_targets_of(&self, name: &str, file: &std::path::Path) {
+        for (model, version) in model_targets(file, name) {
+            if self.endpoints.read().contains_key(&model) || self.endpoint_dir(&model).is_some() {
+                continue;
+            }
+            if self.resolve_model(&model, version.as_deref()).is_err() && self.repository().is_known(&model) {
+                if let Err(e) = self.repository().load(&model, None).await {
+                    tracing::error!(endpoint = %name, model = %model, error = %e, "failed to load a model of the endpoint");
+                }
+            }
+        }
+    }
+
+    /// Stops serving the endpoints that send traffic to `model` (`unload_dependents`).
+    pub(crate) fn unload_dependents_of(&self, model: &str) {
+        let dependents: Vec<String> = self
+            .endpoints
+            .read()
+            .iter()
+            .filter(|(_, d)| d.served.is_ok())
+            .filter(|(_, d)| {
+                d.definition.as_ref().is_some_and(|def| {
+                    def.targets().iter().any(|t| matches!(t, Target::Model { name, .. } if name == model))
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for d in dependents {
+            self.unload_endpoint(&d);
+        }
     }
 
     /// Loads (or reloads) one endpoint; its load error is the answer's.
@@ -110,7 +153,7 @@ impl Engine {
                 }
                 continue;
             };
-            let shown = format!("{name}/{}", sluice_repository::ENDPOINT_FILE);
+            let shown = format!("{name}/{}", file.file_name().unwrap_or_default().to_string_lossy());
             let text = std::fs::read_to_string(file).unwrap_or_default();
             let old = table.get(name);
             let unchanged = old.is_some_and(|d| {
@@ -119,7 +162,7 @@ impl Engine {
             if how == Reread::Changed && unchanged {
                 continue;
             }
-            match sluice_traffic::definition::parse(&shown, &text) {
+            match parse(&shown, file, &text) {
                 Ok(def) => {
                     table.insert(name.clone(), Declared { text, definition: Some(def), served: Err("loading".into()) });
                     changed.push(name.clone());
@@ -138,7 +181,8 @@ impl Engine {
         }
         for name in &changed {
             let Some(def) = table.get(name).and_then(|d| d.definition.clone()) else { continue };
-            let shown = format!("{name}/{}", sluice_repository::ENDPOINT_FILE);
+            let file = found.get(name).and_then(|f| f.file_name()).unwrap_or_default().to_string_lossy();
+            let shown = format!("{name}/{file}");
             let served = self.build_endpoint(name, &shown, def, &table);
             match &served {
                 Ok(_) => tracing::info!(endpoint = %name, "endpoint loaded"),
@@ -211,6 +255,49 @@ impl Engine {
         };
         endpoint.ready().then(|| endpoint.metadata())
     }
+}
+
+/// The definition in `file`: an `endpoint.yaml`, or a Triton ensemble's config (`shown` names it
+/// in errors).
+fn parse(shown: &str, file: &std::path::Path, text: &str) -> Result<Definition, String> {
+    if file.file_name().is_some_and(|f| f == sluice_repository::ENDPOINT_FILE) {
+        return sluice_traffic::definition::parse(shown, text);
+    }
+    let format = sluice_repository::config::ConfigFormat::from_path(file)
+        .unwrap_or(sluice_repository::config::ConfigFormat::Pbtxt);
+    let mut config =
+        sluice_repository::config::parse_model_config(text, format).map_err(|e| format!("{shown}: {e}"))?;
+    if config.name.is_empty() {
+        config.name = shown.split('/').next().unwrap_or_default().to_string();
+    }
+    let spec = sluice_traffic::ensemble::Spec::from_config(shown, config)?;
+    // Triton serves an ensemble from a directory holding an empty `1/`.
+    let mut versions: Vec<u64> = file
+        .parent()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    Ok(Definition::Ensemble { spec, versions: versions.iter().map(u64::to_string).collect() })
+}
+
+/// The models an endpoint's file names as targets (read without loading it), for loading them
+/// first; empty when the file does not parse.
+pub(crate) fn model_targets(file: &std::path::Path, name: &str) -> Vec<(String, Option<String>)> {
+    let shown = format!("{name}/{}", file.file_name().unwrap_or_default().to_string_lossy());
+    let Ok(text) = std::fs::read_to_string(file) else { return Vec::new() };
+    let Ok(def) = parse(&shown, file, &text) else { return Vec::new() };
+    def.targets()
+        .into_iter()
+        .filter_map(|t| match t {
+            Target::Model { name, version } => Some((name.clone(), version.clone())),
+            Target::Endpoint(_) => None,
+        })
+        .collect()
 }
 
 /// The chain of endpoint names that leads from `start` back to itself, if any.

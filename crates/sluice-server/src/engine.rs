@@ -81,7 +81,7 @@ impl Engine {
 
     /// True for a model in a repository or in the served table, whether ready or not.
     pub fn model_known(&self, model: &str) -> bool {
-        self.endpoints.read().contains_key(model) || self.repo.is_known(model) || self.is_endpoint_dir(model)
+        self.endpoints.read().contains_key(model) || self.repo.is_known(model) || self.endpoint_dir(model).is_some()
     }
 
     /// Statistics of one version, of every ready version of a model, or of everything.
@@ -102,7 +102,17 @@ impl Engine {
                     v
                 }
             };
-        Ok(versions.iter().map(|s| s.stats().snapshot(&s.name, &s.version.to_string())).collect())
+        let mut out: Vec<ModelStatistics> =
+            versions.iter().map(|s| s.stats().snapshot(&s.name, &s.version.to_string())).collect();
+        if model.filter(|m| !m.is_empty()).is_none() {
+            // Ensembles count their own requests too.
+            let served: Vec<Arc<dyn Endpoint>> =
+                self.endpoints.read().values().filter_map(|d| d.served.as_ref().ok().cloned()).collect();
+            for e in served {
+                out.extend(e.statistics().into_iter().filter(|s| s.name == e.name()));
+            }
+        }
+        Ok(out)
     }
 
     /// Models and endpoints, by name (an endpoint has no versions).
@@ -114,8 +124,13 @@ impl Engine {
                 Ok(_) => (ModelState::Unavailable, "a target is not ready".to_string()),
                 Err(why) => (ModelState::Unavailable, why.clone()),
             };
+            // An ensemble is listed with its version, as Triton lists it; a policy has none.
+            let version = match &d.served {
+                Ok(e) if e.config().platform == "ensemble" => e.metadata().versions.pop().unwrap_or_default(),
+                Ok(_) | Err(_) => String::new(),
+            };
             if !ready_only || state == ModelState::Ready {
-                index.push(IndexEntry { name: name.clone(), version: String::new(), state, reason });
+                index.push(IndexEntry { name: name.clone(), version, state, reason });
             }
         }
         index.sort_by(|a, b| a.name.cmp(&b.name));
@@ -124,23 +139,30 @@ impl Engine {
 
     /// Loads or reloads a model, or an endpoint (a directory with an `endpoint.yaml`).
     pub async fn load_model(&self, name: &str, ov: Option<LoadOverride>) -> Result<(), ServeError> {
-        if self.is_endpoint_dir(name) {
+        if let Some(file) = self.endpoint_dir(name) {
             if ov.is_some() {
                 return Err(ServeError::invalid(format!(
-                    "'{name}' is an endpoint: it is loaded from its endpoint.yaml, not from a config or files"
+                    "'{name}' is an endpoint or ensemble: it is loaded from its repository directory, not from a \
+                     config or files sent with the request"
                 )));
             }
+            self.load_targets_of(name, &file).await;
             return self.load_endpoint(name);
         }
         self.repo.load(name, ov).await
     }
 
-    /// `unload_dependents` is accepted for compatibility; no model depends on another yet.
-    pub async fn unload_model(&self, name: &str, _unload_dependents: bool) -> Result<(), ServeError> {
+    /// Unloads a model or an endpoint; with `unload_dependents`, the endpoints and ensembles that
+    /// send traffic to the model stop serving too.
+    pub async fn unload_model(&self, name: &str, unload_dependents: bool) -> Result<(), ServeError> {
         if self.unload_endpoint(name) {
             return Ok(());
         }
-        self.repo.unload(name).await
+        self.repo.unload(name).await?;
+        if unload_dependents {
+            self.unload_dependents_of(name);
+        }
+        Ok(())
     }
 
     /// Names of the models that are ready now.
@@ -167,6 +189,8 @@ impl Engine {
         if let Some(d) = self.endpoints.read().get(name) {
             return match (&d.served, version.filter(|v| !v.is_empty())) {
                 (Ok(e), None) => Ok(e.clone()),
+                // An ensemble is served as the versions of its directory (Triton: `1/`).
+                (Ok(e), Some(v)) if e.metadata().versions.iter().any(|x| x == v) => Ok(e.clone()),
                 (Ok(_), Some(v)) => Err(ServeError::model_not_found(name, Some(v))),
                 (Err(why), _) => Err(ServeError::NotFound(format!(
                     "Request for unknown model: '{name}' has no available versions ({why})"

@@ -324,7 +324,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     // The poller lives as long as the runtime; nothing needs to join it.
     drop(repo.spawn_poller(opts.poll_interval));
     let engine = Engine::new(repo, opts.shadow.clone());
-    engine.load_endpoints();
+    engine.load_endpoints().await;
     if opts.control_mode == sluice_repository::ControlMode::Poll {
         let weak = Arc::downgrade(&engine);
         let every = opts.poll_interval;

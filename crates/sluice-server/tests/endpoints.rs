@@ -336,3 +336,75 @@ async fn endpoints_load_and_unload_like_models() {
     assert_eq!(a["parameters"]["sluice_model"], "spam-accurate");
     s.shutdown().await;
 }
+
+/// The example repository's Triton ensemble, loaded unchanged: add_sub chained with itself and a
+/// step beside them; its statistics, versions and `unload_dependents`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triton_ensemble_runs_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    add_model(dir.path(), "add_sub", 1, "add_sub.onnx", Some(ADD_SUB_CONFIG));
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/models/add_sub_twice");
+    std::fs::create_dir_all(dir.path().join("add_sub_twice/1")).unwrap();
+    std::fs::copy(example.join("config.pbtxt"), dir.path().join("add_sub_twice/config.pbtxt")).unwrap();
+    let s = start_server(dir.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(format!("{base}/v2/health/ready")).send().await.unwrap().status(), 200);
+
+    let a: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..16).map(|i| 100.0 - i as f32).collect();
+    let req = json!({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": b},
+    ]});
+    for path in ["add_sub_twice", "add_sub_twice/versions/1"] {
+        let r: Value =
+            c.post(format!("{base}/v2/models/{path}/infer")).json(&req).send().await.unwrap().json().await.unwrap();
+        let out = |n: &str| -> Vec<f64> {
+            let t = r["outputs"].as_array().unwrap().iter().find(|o| o["name"] == n).unwrap_or_else(|| panic!("{r}"));
+            t["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        };
+        let twice = |v: &[f32]| v.iter().map(|x| 2.0 * *x as f64).collect::<Vec<_>>();
+        assert_eq!((r["model_name"].clone(), r["model_version"].clone()), (json!("add_sub_twice"), json!("1")));
+        assert_eq!((out("OUTPUT0"), out("OUTPUT1"), out("DOUBLE0")), (twice(&a), twice(&b), twice(&a)), "{r}");
+    }
+    let meta: Value = c.get(format!("{base}/v2/models/add_sub_twice")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((meta["platform"].clone(), meta["versions"].clone()), (json!("ensemble"), json!(["1"])), "{meta}");
+    // Statistics: the ensemble's own requests, then add_sub's (three executions a request).
+    let stats: Value =
+        c.get(format!("{base}/v2/models/add_sub_twice/stats")).send().await.unwrap().json().await.unwrap();
+    let entries = stats["model_stats"].as_array().unwrap();
+    assert_eq!((entries[0]["name"].clone(), entries[0]["inference_count"].clone()), (json!("add_sub_twice"), json!(2)));
+    assert_eq!(
+        (entries[1]["name"].clone(), entries[1]["inference_count"].clone()),
+        (json!("add_sub"), json!(6)),
+        "{stats}"
+    );
+    // A request missing an input is refused by the ensemble, naming it.
+    let bad = json!({"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": a}]});
+    let r = c.post(format!("{base}/v2/models/add_sub_twice/infer")).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("expects input 'INPUT1'"));
+
+    // unload_dependents: the ensemble goes with add_sub; loading it loads add_sub again.
+    let r = c
+        .post(format!("{base}/v2/repository/models/add_sub/unload"))
+        .json(&json!({"parameters": {"unload_dependents": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let index: Value =
+        c.post(format!("{base}/v2/repository/index")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let ens = index.as_array().unwrap().iter().find(|e| e["name"] == "add_sub_twice").unwrap().clone();
+    assert_eq!((ens["state"].clone(), ens["reason"].clone()), (json!("UNAVAILABLE"), json!("unloaded")), "{index}");
+    let r = c.post(format!("{base}/v2/repository/models/add_sub_twice/load")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = c.post(format!("{base}/v2/models/add_sub_twice/infer")).json(&req).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let index: Value =
+        c.post(format!("{base}/v2/repository/index")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    let ens = index.as_array().unwrap().iter().find(|e| e["name"] == "add_sub_twice").unwrap().clone();
+    assert_eq!((ens["state"].clone(), ens["version"].clone()), (json!("READY"), json!("1")), "{index}");
+    s.shutdown().await;
+}

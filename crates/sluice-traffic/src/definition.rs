@@ -43,10 +43,29 @@ pub struct Shadow {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Definition {
-    Route { rules: Vec<Rule>, default: Option<Target> },
-    Cascade { stages: Vec<Stage> },
-    Split { targets: Vec<(Target, f64)>, sticky: Option<Sticky> },
-    Shadow { primary: Target, shadows: Vec<Shadow>, compare: Option<String>, log_sample: f64 },
+    Route {
+        rules: Vec<Rule>,
+        default: Option<Target>,
+    },
+    Cascade {
+        stages: Vec<Stage>,
+    },
+    Split {
+        targets: Vec<(Target, f64)>,
+        sticky: Option<Sticky>,
+    },
+    Shadow {
+        primary: Target,
+        shadows: Vec<Shadow>,
+        compare: Option<String>,
+        log_sample: f64,
+    },
+    /// A Triton ensemble, read from its model config (not from `endpoint.yaml`), with the version
+    /// directories it was found with.
+    Ensemble {
+        spec: crate::ensemble::Spec,
+        versions: Vec<String>,
+    },
 }
 
 impl Definition {
@@ -73,6 +92,12 @@ impl Definition {
             Definition::Shadow { primary, shadows, .. } => std::iter::once(("primary".to_string(), primary))
                 .chain(shadows.iter().enumerate().map(|(i, s)| (format!("shadows[{i}]"), &s.target)))
                 .collect(),
+            Definition::Ensemble { spec, .. } => spec
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("ensemble_scheduling.step[{i}]"), &s.target))
+                .collect(),
         }
     }
 
@@ -83,6 +108,9 @@ impl Definition {
     pub fn check_signatures(&self, file: &str, meta: impl Fn(&Target) -> Option<ModelMetadata>) -> Result<(), String> {
         let known: Vec<(String, ModelMetadata)> =
             self.targets_at().into_iter().filter_map(|(path, t)| meta(t).map(|m| (path, m))).collect();
+        if let Definition::Ensemble { spec, .. } = self {
+            return check_steps(file, spec, &known);
+        }
         let signature = |ts: &[TensorMetadata]| {
             let mut v: Vec<(String, String)> = ts.iter().map(|t| (t.name.clone(), t.datatype.clone())).collect();
             v.sort();
@@ -136,10 +164,42 @@ impl Definition {
                     needs(&format!("shadows[{i}]"), output, "compare names")?;
                 }
             }
-            Definition::Route { .. } | Definition::Split { .. } | Definition::Shadow { compare: None, .. } => {}
+            Definition::Route { .. }
+            | Definition::Split { .. }
+            | Definition::Shadow { compare: None, .. }
+            | Definition::Ensemble { .. } => {}
         }
         Ok(())
     }
+}
+
+/// An ensemble's steps against the metadata of their models (`known`: by step path, those
+/// loaded now): every mapped input and output must exist on the model.
+fn check_steps(file: &str, spec: &crate::ensemble::Spec, known: &[(String, ModelMetadata)]) -> Result<(), String> {
+    for (i, step) in spec.steps.iter().enumerate() {
+        let path = format!("ensemble_scheduling.step[{i}]");
+        let Some((_, m)) = known.iter().find(|(p, _)| *p == path) else { continue };
+        let names = |ts: &[TensorMetadata]| ts.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
+        for (input, _) in &step.inputs {
+            if !m.inputs.iter().any(|t| &t.name == input) {
+                return Err(format!(
+                    "{file}: {path}.input_map: '{}' has no input '{input}' (it has: {})",
+                    m.name,
+                    names(&m.inputs)
+                ));
+            }
+        }
+        for (output, _) in &step.outputs {
+            if !m.outputs.iter().any(|t| &t.name == output) {
+                return Err(format!(
+                    "{file}: {path}.output_map: '{}' has no output '{output}' (it has: {})",
+                    m.name,
+                    names(&m.outputs)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses the text of `file` (named in errors).

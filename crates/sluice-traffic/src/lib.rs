@@ -1,11 +1,12 @@
 //! Traffic between models: endpoints that are policies over other endpoints (route, cascade,
-//! split, shadow). This crate knows nothing of HTTP or of how a model runs; it sees requests
+//! split, shadow) and Triton ensembles. This crate knows nothing of HTTP or of how a model runs; it sees requests
 //! through [`sluice_types::InferRequest`] and a [`sluice_types::RequestContext`], and its targets
 //! through a [`sluice_types::Resolver`].
 //!
 //! - [`definition`]: `endpoint.yaml` read into a checked [`definition::Definition`];
 //! - [`policy`]: route, cascade and split as endpoints; [`shadow`]: the shadow endpoint, its
-//!   bounded copy queue, statistics and comparison log; [`build`] makes the right one;
+//!   bounded copy queue, statistics and comparison log; [`ensemble`]: Triton ensembles, steps
+//!   run as a graph; [`build`] makes the right one;
 //! - their decisions, pure functions unit-tested without threads or sockets: whether a rule's
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
 //!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
@@ -18,6 +19,7 @@ use sluice_types::{Endpoint, Resolver, ServeError};
 pub mod cascade;
 pub mod compare;
 pub mod definition;
+pub mod ensemble;
 pub mod policy;
 pub mod rules;
 pub mod shadow;
@@ -37,6 +39,7 @@ pub fn build(
         Definition::Shadow { primary, shadows, compare, log_sample } => {
             Arc::new(shadow::ShadowEndpoint::new(name, primary, shadows, compare, log_sample, resolver, shadow.clone()))
         }
+        Definition::Ensemble { spec, versions } => Arc::new(ensemble::Ensemble::new(name, spec, versions, resolver)),
         d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
             Arc::new(policy::Policy::new(name, d, resolver)?)
         }

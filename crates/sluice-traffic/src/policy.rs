@@ -38,12 +38,15 @@ impl Policy {
     /// A route, cascade or split over `definition`'s targets (a shadow is a
     /// [`crate::shadow::ShadowEndpoint`]).
     pub fn new(name: &str, definition: Definition, resolver: Weak<dyn Resolver>) -> Result<Policy, ServeError> {
-        if let Definition::Shadow { .. } = definition {
-            return Err(ServeError::Internal(format!("endpoint '{name}': a shadow is not a Policy")));
+        if let Definition::Shadow { .. } | Definition::Ensemble { .. } = definition {
+            return Err(ServeError::Internal(format!("endpoint '{name}': a shadow or an ensemble is not a Policy")));
         }
         let split_keys = match &definition {
             Definition::Split { targets, .. } => targets.iter().map(|(t, w)| (target_key(t), *w)).collect(),
-            Definition::Route { .. } | Definition::Cascade { .. } | Definition::Shadow { .. } => Vec::new(),
+            Definition::Route { .. }
+            | Definition::Cascade { .. }
+            | Definition::Shadow { .. }
+            | Definition::Ensemble { .. } => Vec::new(),
         };
         let sent = definition.targets().iter().map(|_| AtomicU64::new(0)).collect();
         let escalated = match &definition {
@@ -70,6 +73,7 @@ impl Policy {
             Definition::Cascade { .. } => "cascade",
             Definition::Split { .. } => "split",
             Definition::Shadow { .. } => "shadow",
+            Definition::Ensemble { .. } => "ensemble",
         }
     }
 
@@ -80,6 +84,7 @@ impl Policy {
             Definition::Cascade { stages } => &stages[stages.len() - 1].target,
             Definition::Split { targets, .. } => &targets[0].0,
             Definition::Shadow { primary, .. } => primary,
+            Definition::Ensemble { spec, .. } => &spec.steps[0].target,
         }
     }
 
@@ -108,7 +113,7 @@ impl Policy {
                 .unwrap_or_else(|| ctx.request_id.clone());
                 Ok(Some((&targets[split::assign(&self.name, &unit, &self.split_keys)].0, None)))
             }
-            Definition::Cascade { .. } | Definition::Shadow { .. } => Ok(None),
+            Definition::Cascade { .. } | Definition::Shadow { .. } | Definition::Ensemble { .. } => Ok(None),
         }
     }
 

@@ -124,6 +124,37 @@ fn instance_group(g: &InstanceGroup) -> pb::ModelInstanceGroup {
     }
 }
 
+/// An ensemble's steps from the normalized JSON (`{"step": [{"model_name", "model_version",
+/// "input_map": {..}, "output_map": {..}}]}`).
+fn ensemble(e: &Value) -> pb::ModelEnsembling {
+    let map = |v: &Value| -> HashMap<String, String> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect()
+    };
+    let version = |v: &Value| match v {
+        Value::Number(n) => n.as_i64().unwrap_or(-1),
+        Value::String(s) => s.parse().unwrap_or(-1),
+        _ => -1,
+    };
+    pb::ModelEnsembling {
+        step: e["step"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| pb::model_ensembling::Step {
+                model_name: s["model_name"].as_str().unwrap_or_default().to_string(),
+                model_version: version(&s["model_version"]),
+                input_map: map(&s["input_map"]),
+                output_map: map(&s["output_map"]),
+                model_namespace: String::new(),
+            })
+            .collect(),
+    }
+}
+
 fn truthy(v: Option<&Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
@@ -134,7 +165,7 @@ fn truthy(v: Option<&Value>) -> bool {
 }
 
 /// Triton's `ModelConfig` message from the served configuration. Fields Sluice keeps only as
-/// free-form JSON (sequence batching, ensembles, optimization, warmup) are not sent.
+/// free-form JSON (sequence batching, optimization, warmup) are not sent; an ensemble's steps are.
 pub fn model_config(c: &ModelConfig) -> pb::ModelConfig {
     pb::ModelConfig {
         name: c.name.clone(),
@@ -145,10 +176,11 @@ pub fn model_config(c: &ModelConfig) -> pb::ModelConfig {
         max_batch_size: i32::try_from(c.max_batch_size).unwrap_or(i32::MAX),
         input: c.input.iter().map(input).collect(),
         output: c.output.iter().map(output).collect(),
-        scheduling_choice: c
-            .dynamic_batching
-            .as_ref()
-            .map(|d| pb::model_config::SchedulingChoice::DynamicBatching(dynamic_batching(d))),
+        scheduling_choice: match (&c.dynamic_batching, &c.ensemble_scheduling) {
+            (Some(d), _) => Some(pb::model_config::SchedulingChoice::DynamicBatching(dynamic_batching(d))),
+            (None, Some(e)) => Some(pb::model_config::SchedulingChoice::EnsembleScheduling(ensemble(e))),
+            (None, None) => None,
+        },
         instance_group: c.instance_group.iter().map(instance_group).collect(),
         default_model_filename: c.default_model_filename.clone(),
         cc_model_filenames: HashMap::new(),
