@@ -190,23 +190,6 @@ impl ModelRepository {
         let _ = self.call(|reply| Command::Poll { reply }).await;
     }
 
-    /// Starts the poll loop (poll mode only): one [`ModelRepository::poll`] every `every`.
-    pub fn spawn_poller(&self, every: std::time::Duration) -> Option<tokio::task::JoinHandle<()>> {
-        if self.opts.control_mode != ControlMode::Poll {
-            return None;
-        }
-        let repo = self.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                repo.poll().await;
-            }
-        }))
-    }
-
     pub async fn unload_all(&self) {
         let _ = self.call(|reply| Command::UnloadAll { reply }).await;
     }

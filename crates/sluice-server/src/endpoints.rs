@@ -58,8 +58,15 @@ impl Engine {
         self.reread_endpoints(&names, Reread::Always);
     }
 
-    /// Poll mode: new and changed definitions are read, removed ones are no longer served.
-    pub fn poll_endpoints(&self) {
+    /// Poll mode, one scan of the repositories: models first (an object-storage repository is
+    /// synced then), then endpoints, which may name the models just loaded.
+    pub async fn poll(&self) {
+        self.repository().poll().await;
+        self.poll_endpoints();
+    }
+
+    /// New and changed definitions are read, removed ones are no longer served.
+    fn poll_endpoints(&self) {
         let names: Vec<String> = sluice_repository::scan_endpoints(&self.repository().options().roots)
             .into_iter()
             .map(|(name, _)| name)

@@ -229,9 +229,16 @@ impl Engine {
 }
 
 impl Engine {
-    /// Names and versions of the ready generative models (OpenAI's `/v1/models`).
-    pub fn generative_models(&self) -> Vec<(String, u64)> {
-        self.repo.all_ready().iter().filter(|s| s.generator.is_some()).map(|s| (s.name.clone(), s.version)).collect()
+    /// Names of the ready generative models and of the endpoints over them (OpenAI's
+    /// `/v1/models`).
+    pub fn generative_models(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.repo.all_ready().iter().filter(|s| s.generator.is_some()).map(|s| s.name.clone()).collect();
+        names.dedup();
+        let served: Vec<Arc<dyn Endpoint>> =
+            self.endpoints.read().values().filter_map(|d| d.served.as_ref().ok().cloned()).collect();
+        names.extend(served.iter().filter(|e| e.ready() && e.generative()).map(|e| e.name().to_string()));
+        names
     }
 }
 

@@ -321,11 +321,10 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
         remotes,
     });
     repo.load_startup_models().await?;
-    // The poller lives as long as the runtime; nothing needs to join it.
-    drop(repo.spawn_poller(opts.poll_interval));
     let engine = Engine::new(repo, opts.shadow.clone());
     engine.load_endpoints().await;
     if opts.control_mode == sluice_repository::ControlMode::Poll {
+        // The poller lives as long as the engine; nothing needs to join it.
         let weak = Arc::downgrade(&engine);
         let every = opts.poll_interval;
         tokio::spawn(async move {
@@ -335,7 +334,7 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
             loop {
                 tick.tick().await;
                 let Some(engine) = weak.upgrade() else { return };
-                engine.poll_endpoints();
+                engine.poll().await;
             }
         });
     }

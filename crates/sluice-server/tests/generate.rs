@@ -330,3 +330,79 @@ async fn an_answer_that_ends_at_its_first_token_still_ends_every_stream() {
         }
     }
 }
+
+/// A split over two LLMs (the same GGUF served twice) streams: the answer comes under the
+/// endpoint's name, the `sluice-model` header says which model gave it, a user keeps theirs, and
+/// the OpenAI routes list and serve the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_over_two_llms_streams() {
+    let repo = repo();
+    let m = sluice_test_models::model_path("smollm2-135m-instruct");
+    std::fs::create_dir_all(repo.path().join("smollm-b/1")).unwrap();
+    std::os::unix::fs::symlink(m.join("model.gguf"), repo.path().join("smollm-b/1/model.gguf")).unwrap();
+    std::os::unix::fs::symlink(m.join("tokenizer.json"), repo.path().join("smollm-b/tokenizer.json")).unwrap();
+    std::fs::create_dir_all(repo.path().join("chat")).unwrap();
+    std::fs::write(
+        repo.path().join("chat/endpoint.yaml"),
+        "kind: split\ntargets:\n  - { model: smollm, weight: 1 }\n  - { model: smollm-b, weight: 1 }\nsticky: { header: x-user-id }\n",
+    )
+    .unwrap();
+    let s = start_server(repo.path(), EngineOptions::default(), ServerConfig::default()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+
+    let v: Value = c.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"chat") && ids.contains(&"smollm-b"), "{v}");
+
+    let body = json!({"text_input": FRANCE, "parameters": {"max_tokens": 30, "temperature": 0}});
+    let mut seen = std::collections::BTreeMap::new();
+    for user in 0..16 {
+        let user = format!("user-{user}");
+        let r = c
+            .post(format!("{base}/v2/models/chat/generate_stream"))
+            .header("x-user-id", &user)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answered = r.headers()["sluice-model"].to_str().unwrap().to_string();
+        let events = sse(&r.text().await.unwrap());
+        assert!(events.len() >= 5, "streamed piece by piece: {events:?}");
+        let pieces: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+        assert!(pieces.iter().all(|p| p["model_name"] == "chat"), "{pieces:?}");
+        let text: String = pieces.iter().map(|p| p["text_output"].as_str().unwrap().to_string()).collect();
+        assert_eq!(text, ANSWER);
+        seen.entry(answered).or_insert(user);
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "both models answer some users: {seen:?}");
+    // A user stays with the model they were given, through the OpenAI route too.
+    for (model, user) in &seen {
+        let chat = json!({
+            "model": "chat", "stream": true, "temperature": 0, "max_tokens": 30,
+            "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
+        });
+        let r =
+            c.post(format!("{base}/v1/chat/completions")).header("x-user-id", user).json(&chat).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let events = sse(&r.text().await.unwrap());
+        let chunks: Vec<Value> =
+            events[..events.len() - 1].iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+        assert!(chunks.iter().all(|c| c["model"] == "chat"));
+        let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(content, "The capital of Germany is Berlin.");
+        let r = c
+            .post(format!("{base}/v2/models/chat/generate"))
+            .header("x-user-id", user)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["sluice-model"], model.as_str(), "{user} moved");
+    }
+    s.shutdown().await;
+}

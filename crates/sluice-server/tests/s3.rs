@@ -108,6 +108,9 @@ async fn s3_repository_is_mirrored_served_and_followed() {
     let marker = format!("{}/{BUCKET}/models/strings/", moto.endpoint);
     assert!(c.put(marker).send().await.unwrap().status().is_success());
     put(&store, "models-old/add_sub/1/model.onnx", b"not under the prefix".to_vec()).await;
+    // An endpoint is mirrored and served like a model.
+    put(&store, "models/adder/endpoint.yaml", b"kind: split\ntargets:\n  - { model: add_sub, weight: 1 }\n".to_vec())
+        .await;
 
     // A repository that cannot be mirrored at start is a clear error.
     let cache = tempfile::tempdir().unwrap();
@@ -133,7 +136,7 @@ async fn s3_repository_is_mirrored_served_and_followed() {
     let cfg =
         ServerConfig { host: "127.0.0.1".into(), http_port: 0, grpc_port: 0, metrics_port: 0, ..Default::default() };
     let server = sluice_server::start(engine, &cfg).await.expect("server starts");
-    let repo = server.engine.repository().clone();
+    let engine = server.engine.clone();
     let base = format!("http://{}", server.http_addr);
     let get = |path: String| {
         let (c, base) = (c.clone(), base.clone());
@@ -161,15 +164,20 @@ async fn s3_repository_is_mirrored_served_and_followed() {
     assert!(mirror.join("strings/1/model.onnx").is_file());
     let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
     let names: Vec<&str> = index.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["add_sub", "strings"], "{index}");
+    assert_eq!(names, ["add_sub", "adder", "strings"], "{index}");
+    let out: Value = infer("/v2/models/adder/infer").await.json().await.unwrap();
+    assert_eq!(
+        (out["model_name"].clone(), out["parameters"]["sluice_model"].clone()),
+        (json!("adder"), json!("add_sub"))
+    );
 
     // A poll without changes keeps everything as it is.
-    repo.poll().await;
+    engine.poll().await;
     assert_eq!(versions().await, json!(["1"]));
 
     // Version 2 uploaded: the next poll loads it and it takes over (latest policy keeps one).
     put(&store, "models/add_sub/2/model.onnx", onnx("add_sub.onnx")).await;
-    repo.poll().await;
+    engine.poll().await;
     assert_eq!(versions().await, json!(["2"]));
     let r = infer("/v2/models/add_sub/infer").await;
     assert_eq!(r.status(), 200);
@@ -177,10 +185,19 @@ async fn s3_repository_is_mirrored_served_and_followed() {
     assert_eq!(infer("/v2/models/add_sub/versions/2/infer").await.status(), 200);
     assert_ne!(get("/v2/models/add_sub/versions/1/ready".into()).await.status(), 200);
 
+    // An endpoint uploaded later is served from the next poll; one deleted stops being served.
+    put(&store, "models/adder2/endpoint.yaml", b"kind: split\ntargets:\n  - { model: add_sub, weight: 1 }\n".to_vec())
+        .await;
+    engine.poll().await;
+    assert_eq!(infer("/v2/models/adder2/infer").await.status(), 200);
+    store.delete(&ObjectPath::from("models/adder/endpoint.yaml")).await.unwrap();
+    engine.poll().await;
+    assert_eq!(infer("/v2/models/adder/infer").await.status(), 404);
+
     // A model's files deleted (its folder marker left behind, as a console does): the next poll
     // unloads it and it leaves the index.
     store.delete(&ObjectPath::from("models/strings/1/model.onnx")).await.unwrap();
-    repo.poll().await;
+    engine.poll().await;
     assert_eq!(get("/v2/models/strings/ready".into()).await.status(), 400);
     assert!(!mirror.join("strings").is_dir());
     let index: Value = c.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
@@ -188,7 +205,7 @@ async fn s3_repository_is_mirrored_served_and_followed() {
 
     // The store goes away: polls fail to sync, and the cached copy keeps serving.
     drop(moto);
-    repo.poll().await;
+    engine.poll().await;
     assert_eq!(versions().await, json!(["2"]));
     assert_eq!(infer("/v2/models/add_sub/infer").await.status(), 200);
     assert!(mirror.join("add_sub/2/model.onnx").is_file());

@@ -74,9 +74,31 @@ async fn whole(
     body: Bytes,
 ) -> HttpResult<Response> {
     let mut stream = start(&s, &model, version.as_deref(), &headers, &body)?;
-    let (name, v) = (stream.model().to_string(), stream.version());
+    let (name, v) = names(&model, &*stream);
+    let answered = answered_by(&*stream);
     let text = collect(&mut *stream).await?.text;
-    Ok(Json(json!({ "model_name": name, "model_version": v, "text_output": text })).into_response())
+    let mut resp = Json(json!({ "model_name": name, "model_version": v, "text_output": text })).into_response();
+    resp.headers_mut().extend(answered);
+    Ok(resp)
+}
+
+/// The name and version a generation answers under: the name asked for (an endpoint's, when it
+/// is one: then without a version, as its infer answers are).
+fn names(asked: &str, stream: &dyn TokenStream) -> (String, String) {
+    let version = if stream.model() == asked { stream.version() } else { String::new() };
+    (asked.to_string(), version)
+}
+
+/// `sluice-model` / `sluice-model-version`: the model that answers, behind an endpoint too.
+fn answered_by(stream: &dyn TokenStream) -> axum::http::HeaderMap {
+    let mut h = axum::http::HeaderMap::new();
+    if let Ok(v) = axum::http::HeaderValue::from_str(stream.model()) {
+        h.insert("sluice-model", v);
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&stream.version()) {
+        h.insert("sluice-model-version", v);
+    }
+    h
 }
 
 /// The events of a generation as SSE; an error after the stream started is an `error` event.
@@ -100,8 +122,8 @@ async fn streamed(
     body: Bytes,
 ) -> HttpResult<Response> {
     let stream = start(&s, &model, version.as_deref(), &headers, &body)?;
-    let name = stream.model().to_string();
-    let v = stream.version();
+    let (name, v) = names(&model, &*stream);
+    let answered = answered_by(&*stream);
     let piece = move |t: &str| {
         SseEvent::default().data(json!({ "model_name": name, "model_version": v, "text_output": t }).to_string())
     };
@@ -114,7 +136,9 @@ async fn streamed(
         Event::PromptLogprobs(_) | Event::Logprobs(_) => vec![],
         Event::Error(msg) => vec![SseEvent::default().event("error").data(json!({ "error": msg }).to_string())],
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    let mut resp = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    resp.headers_mut().extend(answered);
+    Ok(resp)
 }
 
 pub(super) async fn generate(

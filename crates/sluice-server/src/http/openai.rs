@@ -66,7 +66,7 @@ pub(super) async fn models(State(s): State<AppState>) -> Response {
         .engine
         .generative_models()
         .into_iter()
-        .map(|(name, _)| json!({ "id": name, "object": "model", "created": created, "owned_by": "sluice" }))
+        .map(|name| json!({ "id": name, "object": "model", "created": created, "owned_by": "sluice" }))
         .collect();
     Json(json!({ "object": "list", "data": data })).into_response()
 }
