@@ -24,16 +24,26 @@ struct VersionStream {
 }
 
 /// Starts a generation on `served`, whose generator is `g`.
-pub(crate) fn start(
+pub(crate) async fn start(
     served: Arc<ServedVersion>,
     g: Arc<Generator>,
     req: GenerateRequest,
 ) -> Result<Box<dyn TokenStream>, ServeError> {
     let GenerateRequest { prompt, mut params, explicit_max } = req;
     let ids = match prompt {
-        Prompt::Text(t) => g.encode_text(&t)?,
         Prompt::Tokens(ids) => ids,
-        Prompt::Chat(m) => g.encode_text(&g.chat_prompt(&m)?)?,
+        // Rendering a chat template and tokenizing a long prompt take milliseconds: not on a
+        // tokio worker.
+        text => {
+            let g = g.clone();
+            tokio::task::spawn_blocking(move || match text {
+                Prompt::Text(t) => g.encode_text(&t),
+                Prompt::Chat(m) => g.encode_text(&g.chat_prompt(&m)?),
+                Prompt::Tokens(ids) => Ok(ids),
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("the prompt tokenization task failed: {e}")))??
+        }
     };
     if !explicit_max {
         params.max_tokens = g.context().saturating_sub(ids.len()).clamp(1, 512);

@@ -89,9 +89,9 @@ impl Endpoint for ModelVersionEndpoint {
         self.served.generator.is_some()
     }
 
-    fn generate(&self, _ctx: &RequestContext, req: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+    async fn generate(&self, _ctx: &RequestContext, req: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
         match self.served.generator.clone() {
-            Some(g) => crate::generate::start(self.served.clone(), g, req),
+            Some(g) => crate::generate::start(self.served.clone(), g, req).await,
             None => Err(ServeError::invalid(format!(
                 "model '{}' is not a generative model (backend '{}'); use its infer endpoint",
                 self.served.name, self.served.config.backend

@@ -296,11 +296,15 @@ impl Endpoint for Policy {
 
     /// Route and split send a generation where they would send a request (the rules see its
     /// headers; it has no V2 parameters or inputs).
-    fn generate(&self, ctx: &RequestContext, request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+    async fn generate(
+        &self,
+        ctx: &RequestContext,
+        request: GenerateRequest,
+    ) -> Result<Box<dyn TokenStream>, ServeError> {
         match self.pick(ctx, &InferRequest::default())? {
             Some((target, _)) => {
                 self.count(target);
-                self.resolve(target)?.generate(ctx, request)
+                self.resolve(target)?.generate(ctx, request).await
             }
             None => Err(ServeError::Unsupported(format!(
                 "endpoint '{}' is a cascade: it answers infer requests, not generations",

@@ -324,7 +324,7 @@ impl Endpoint for ShadowEndpoint {
         false
     }
 
-    fn generate(&self, _: &RequestContext, _: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+    async fn generate(&self, _: &RequestContext, _: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
         Err(ServeError::Unsupported(format!(
             "endpoint '{}' is a shadow endpoint: it mirrors infer requests, not generations",
             self.shared.name

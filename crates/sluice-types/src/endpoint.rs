@@ -124,8 +124,12 @@ pub trait Endpoint: Send + Sync {
     }
 
     /// Starts a generation: its events come as the stream is read; dropping the stream
-    /// cancels it.
-    fn generate(&self, _ctx: &RequestContext, _request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
+    /// cancels it. (Async: the prompt is tokenized off the caller's thread.)
+    async fn generate(
+        &self,
+        _ctx: &RequestContext,
+        _request: GenerateRequest,
+    ) -> Result<Box<dyn TokenStream>, ServeError> {
         Err(ServeError::invalid(format!("model '{}' is not a generative model; use its infer endpoint", self.name())))
     }
 

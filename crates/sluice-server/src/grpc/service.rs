@@ -130,25 +130,26 @@ fn answers_of(
         let echo = echo.clone();
         move |e: String| pb::ModelStreamInferResponse { error_message: e, infer_response: Some(echo.clone()) }
     };
-    let started = convert::infer_request(req).and_then(|r| {
+    let parsed = convert::infer_request(req).and_then(|r| {
         let flag = r.parameters.get("triton_enable_empty_final_response").and_then(serde_json::Value::as_bool);
         let (text, params) = sluice_llm::backend::request_prompt(&r.inputs, &r.parameters)?;
         let request = GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true };
-        let stream = endpoint.generate(&ctx, request)?;
-        Ok((stream, flag.unwrap_or(false), r.id))
+        Ok((request, flag.unwrap_or(false), r.id))
     });
-    let (stream, flag, id) = match started {
+    let (request, flag, id) = match parsed {
         Ok(s) => s,
         Err(e) => return futures::stream::once(async move { failed(e.to_string()) }).boxed(),
     };
+    // Through an endpoint the answers come under its name, as its infer answers do.
+    let asked = echo.model_name.clone();
     let response = move |stream: &dyn TokenStream, text: Option<String>, last: bool| {
         let mut parameters = sluice_types::Parameters::new();
         if flag {
             parameters.insert("triton_final_response".into(), last.into());
         }
         let resp = InferResponse {
-            model_name: stream.model().to_string(),
-            model_version: stream.version(),
+            model_name: asked.clone(),
+            model_version: if stream.model() == asked { stream.version() } else { String::new() },
             id: id.clone(),
             parameters,
             outputs: text.map(sluice_llm::backend::text_output).into_iter().collect(),
@@ -158,6 +159,27 @@ fn answers_of(
             infer_response: Some(convert::infer_response(resp)),
         }
     };
+    let failed_start = failed.clone();
+    let answers = move |stream: Box<dyn TokenStream>| answers_of_stream(stream, flag, response.clone(), failed.clone());
+    futures::stream::once(async move { endpoint.generate(&ctx, request).await })
+        .flat_map(move |started| match started {
+            Ok(stream) => answers(stream),
+            Err(e) => futures::stream::once(std::future::ready(failed_start(e.to_string()))).boxed(),
+        })
+        .boxed()
+}
+
+/// The responses of a started generation, one per piece of text.
+fn answers_of_stream<R, F>(
+    stream: Box<dyn TokenStream>,
+    flag: bool,
+    response: R,
+    failed: F,
+) -> BoxStream<'static, pb::ModelStreamInferResponse>
+where
+    R: Fn(&dyn TokenStream, Option<String>, bool) -> pb::ModelStreamInferResponse + Clone + Send + 'static,
+    F: Fn(String) -> pb::ModelStreamInferResponse + Clone + Send + 'static,
+{
     // (stream, whether a response went out yet)
     futures::stream::unfold(Some((stream, false)), move |state| {
         let (response, failed) = (response.clone(), failed.clone());

@@ -140,8 +140,9 @@ pub(super) async fn completions(State(s): State<AppState>, headers: HeaderMap, b
             Prompt::Text(t) => Some(t.clone()),
             _ => None,
         };
-        let stream =
-            endpoint.generate(&ctx, GenerateRequest { prompt: p, params: c.params.clone(), explicit_max: true })?;
+        let stream = endpoint
+            .generate(&ctx, GenerateRequest { prompt: p, params: c.params.clone(), explicit_max: true })
+            .await?;
         let choice = Choice::new(index, &*stream, original, echo, logprobs.is_some());
         streams.push((stream, choice));
     }

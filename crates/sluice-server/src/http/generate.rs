@@ -53,7 +53,7 @@ pub(super) fn one_string(v: &Value) -> Option<String> {
     }
 }
 
-fn start(
+async fn start(
     s: &AppState,
     model: &str,
     version: Option<&str>,
@@ -63,7 +63,7 @@ fn start(
     let endpoint = s.engine.resolve(model, version)?;
     let (text, params) = parse(body)?;
     let ctx = super::context(headers.clone(), None);
-    endpoint.generate(&ctx, GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true })
+    endpoint.generate(&ctx, GenerateRequest { prompt: Prompt::Text(text), params, explicit_max: true }).await
 }
 
 async fn whole(
@@ -73,7 +73,7 @@ async fn whole(
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    let mut stream = start(&s, &model, version.as_deref(), &headers, &body)?;
+    let mut stream = start(&s, &model, version.as_deref(), &headers, &body).await?;
     let (name, v) = names(&model, &*stream);
     let answered = answered_by(&*stream);
     let text = collect(&mut *stream).await?.text;
@@ -121,7 +121,7 @@ async fn streamed(
     headers: HeaderMap,
     body: Bytes,
 ) -> HttpResult<Response> {
-    let stream = start(&s, &model, version.as_deref(), &headers, &body)?;
+    let stream = start(&s, &model, version.as_deref(), &headers, &body).await?;
     let (name, v) = names(&model, &*stream);
     let answered = answered_by(&*stream);
     let piece = move |t: &str| {

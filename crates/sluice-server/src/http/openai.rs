@@ -197,7 +197,7 @@ pub(super) async fn chat_completions(State(s): State<AppState>, headers: HeaderM
 async fn chat_answer(s: AppState, ctx: RequestContext, c: Common, messages: Vec<Message>) -> OpenAiResult {
     let with_logprobs = c.params.logprobs.is_some();
     let request = GenerateRequest { prompt: Prompt::Chat(messages), params: c.params, explicit_max: c.explicit_max };
-    let mut stream = s.engine.resolve(&c.model, None)?.generate(&ctx, request)?;
+    let mut stream = s.engine.resolve(&c.model, None)?.generate(&ctx, request).await?;
     let (id, created, model) = (new_id("chatcmpl"), now(), c.model);
     if !c.stream {
         let a = collect(&mut *stream).await?;
