@@ -1,8 +1,9 @@
 //! Model execution engines behind one pair of traits: a [`Backend`] completes configs and
-//! loads [`ModelInstance`]s; an instance executes one batch at a time on the dedicated thread
+//! loads a version's [`ModelInstance`]s with whatever they share ([`LoadedVersion`]); an instance executes one batch at a time on the dedicated thread
 //! that owns it (never a tokio worker). Each engine lives in its own module behind a feature:
 //! `onnx` (ONNX Runtime through `ort`).
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,6 +40,14 @@ pub struct ModelFiles {
     pub model_path: PathBuf,
 }
 
+/// A version as its backend loaded it: its instances, and what they share.
+pub struct LoadedVersion {
+    pub instances: Vec<Box<dyn ModelInstance>>,
+    /// State the instances share (one per version, not per instance), for the server to use
+    /// directly too: the candle backend's generator, which streams tokens.
+    pub shared: Option<Arc<dyn Any + Send + Sync>>,
+}
+
 /// An execution engine.
 pub trait Backend: Send + Sync {
     /// The backend name as in a config's `backend` field (`onnxruntime`).
@@ -62,6 +71,18 @@ pub trait Backend: Send + Sync {
         files: &ModelFiles,
         index: usize,
     ) -> Result<Box<dyn ModelInstance>, ServeError>;
+
+    /// Loads a version: its `count` instances and what they share. By default each instance
+    /// is loaded on its own and nothing is shared.
+    fn load_version(
+        &self,
+        config: &ModelConfig,
+        files: &ModelFiles,
+        count: usize,
+    ) -> Result<LoadedVersion, ServeError> {
+        let instances = (0..count).map(|i| self.load(config, files, i)).collect::<Result<Vec<_>, _>>()?;
+        Ok(LoadedVersion { instances, shared: None })
+    }
 }
 
 /// For [`Backend::accepts`]: a config that names no platform or backend is served by the

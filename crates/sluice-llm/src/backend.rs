@@ -1,14 +1,14 @@
 //! How the model repository sees a generative model: the `candle` backend completes its config
 //! (inputs and outputs as Triton's vLLM backend names them, so V2 clients call it the same
-//! way), and each execution instance is a synchronous caller of the one shared [`Generator`]:
-//! a plain infer request runs a whole generation and answers `text_output`. Streaming
-//! endpoints use the generator directly.
+//! way) and loads a version as one shared [`Generator`] (the version's shared state) with
+//! execution instances that are synchronous callers of it: a plain infer request runs a whole
+//! generation and answers `text_output`. Streaming endpoints use the generator directly.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_backend::{Backend, ExecOutput, ModelFiles, ModelInstance};
+use sluice_backend::{Backend, ExecOutput, LoadedVersion, ModelFiles, ModelInstance};
 use sluice_types::config::{InstanceGroup, TensorConfig};
 use sluice_types::{ModelConfig, ServeError, Tensor, TensorData};
 
@@ -82,14 +82,29 @@ impl Backend for CandleBackend {
         _index: usize,
     ) -> Result<Box<dyn ModelInstance>, ServeError> {
         Err(ServeError::Internal(format!(
-            "generative model '{}' is started with its shared engine (sluice_llm::backend::start), not per instance",
+            "generative model '{}': its instances share one engine and are loaded with the version",
             config.name
         )))
+    }
+
+    /// A generative model's instances share one engine (its weights, KV caches and the
+    /// continuous batcher): it is loaded once per version, and each instance is a synchronous
+    /// caller of it for plain infer requests. The engine is the version's shared state, which
+    /// streaming endpoints use directly.
+    fn load_version(
+        &self,
+        config: &ModelConfig,
+        files: &ModelFiles,
+        count: usize,
+    ) -> Result<LoadedVersion, ServeError> {
+        let generator = start(config, files)?;
+        let instances = (0..count).map(|_| instance(generator.clone())).collect();
+        Ok(LoadedVersion { instances, shared: Some(generator) })
     }
 }
 
 /// Loads a version's generator.
-pub fn start(config: &ModelConfig, files: &ModelFiles) -> Result<Arc<Generator>, ServeError> {
+fn start(config: &ModelConfig, files: &ModelFiles) -> Result<Arc<Generator>, ServeError> {
     let tokenizer = tokenizer_path(&files.model_dir, &files.version_dir)
         .ok_or_else(|| ServeError::invalid(format!("generative model '{}' has no tokenizer.json", config.name)))?;
     let options = GeneratorOptions::from_config(config)?;
@@ -97,7 +112,7 @@ pub fn start(config: &ModelConfig, files: &ModelFiles) -> Result<Arc<Generator>,
 }
 
 /// A synchronous caller of the generator, for plain infer requests.
-pub fn instance(generator: Arc<Generator>) -> Box<dyn ModelInstance> {
+fn instance(generator: Arc<Generator>) -> Box<dyn ModelInstance> {
     Box::new(GenerateInstance { generator })
 }
 

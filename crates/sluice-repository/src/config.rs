@@ -370,9 +370,6 @@ pub fn validate_config(config: &ModelConfig) -> Result<(), ServeError> {
                 db.default_priority_level, db.priority_levels
             ));
         }
-        if let Err(msg) = sluice_scheduler::adaptive::validate(db) {
-            return bad(msg);
-        }
         if let Some(q) = &db.default_queue_policy {
             if let Err(msg) = validate_queue_policy("dynamic_batching.default_queue_policy", q) {
                 return bad(msg);

@@ -1,13 +1,14 @@
 //! The model lifecycle actor: loads, reloads and unloads model versions one command at a time,
-//! and publishes an immutable table of what is served for the request path to read.
+//! and publishes an immutable table of what is served for the request path to read. What a
+//! version is made of is not its concern: an [`Assemble`] given at start builds each one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use sluice_backend::{Backend, BackendRegistry, ModelFiles};
-use sluice_scheduler::{ModelRunner, ModelStats, QueueLimits};
 use sluice_types::api::{IndexEntry, ModelState};
 use sluice_types::{ModelConfig, ServeError};
 use tokio::sync::{mpsc, oneshot};
@@ -30,47 +31,52 @@ pub struct RepositoryOptions {
     /// Models loaded at start in explicit mode.
     pub startup_models: Vec<String>,
     pub backends: BackendRegistry,
-    /// How much a version may hold queued before it answers "queue full".
-    pub queue_limits: QueueLimits,
     /// Object-storage repositories, each mirrored into a cache directory that is also in
     /// `roots`; synced before the start-up scan, before each poll and before a load from disk.
     pub remotes: Vec<crate::remote::RemoteRepository>,
 }
 
-/// A version that takes requests.
-pub struct ServedVersion {
-    pub name: String,
-    pub version: u64,
-    pub config: Arc<ModelConfig>,
-    pub runner: ModelRunner,
-    /// What `model_warmup` ran before this version took traffic (not in its statistics).
-    pub warmup: crate::warmup::WarmupReport,
-    /// The text step, when the config declares one (`text_input`).
-    pub text: Option<Arc<sluice_text::TextInput>>,
-    /// Class labels per output (`label_filename`, else the model directory's `labels.txt`).
-    pub labels: std::collections::BTreeMap<String, Vec<String>>,
-    /// Generative models (`candle` backend): the engine that streams their tokens. Their
-    /// instances call it too, so that plain infer requests and jobs work unchanged.
-    pub generator: Option<Arc<sluice_llm::Generator>>,
+/// A version as the repository holds it: built by an [`Assemble`], drained when it is replaced
+/// or unloaded.
+pub trait Version: Send + Sync + 'static {
+    /// Finishes what it has queued, then stops taking requests.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-impl ServedVersion {
-    pub fn stats(&self) -> &Arc<ModelStats> {
-        self.runner.stats()
+/// Builds versions from their config and files. The server gives the repository one, so that
+/// the repository knows no scheduler, tokenizer or LLM engine: it finds the backend, completes
+/// and checks the config, and decides which versions to load and when to swap them.
+pub trait Assemble<V>: Send + Sync + 'static {
+    /// Checks what only the assembler can read of a config (the scheduler's parameters); the
+    /// message names the field.
+    fn check(&self, config: &ModelConfig) -> Result<(), String>;
+
+    /// Loads and starts one version (its instances on `backend`); may take seconds.
+    fn assemble(
+        &self,
+        backend: Arc<dyn Backend>,
+        config: Arc<ModelConfig>,
+        files: ModelFiles,
+        version: u64,
+    ) -> BoxFuture<'static, Result<Arc<V>, ServeError>>;
+}
+
+pub struct VersionSlot<V> {
+    pub state: ModelState,
+    pub reason: String,
+    pub served: Option<Arc<V>>,
+}
+
+// By hand: a derive would ask `V: Clone`, and only the `Arc` is cloned.
+impl<V> Clone for VersionSlot<V> {
+    fn clone(&self) -> Self {
+        VersionSlot { state: self.state, reason: self.reason.clone(), served: self.served.clone() }
     }
 }
 
-#[derive(Clone)]
-pub struct VersionSlot {
-    pub state: ModelState,
-    pub reason: String,
-    pub served: Option<Arc<ServedVersion>>,
-}
-
-#[derive(Clone)]
-pub struct ModelRecord {
+pub struct ModelRecord<V> {
     pub name: String,
-    pub versions: BTreeMap<u64, VersionSlot>,
+    pub versions: BTreeMap<u64, VersionSlot<V>>,
     /// Set when the model as a whole could not be loaded (bad config, no versions).
     pub state: ModelState,
     pub reason: String,
@@ -78,8 +84,20 @@ pub struct ModelRecord {
     pub fingerprint: u64,
 }
 
-impl ModelRecord {
-    fn loading(name: &str) -> ModelRecord {
+impl<V> Clone for ModelRecord<V> {
+    fn clone(&self) -> Self {
+        ModelRecord {
+            name: self.name.clone(),
+            versions: self.versions.clone(),
+            state: self.state,
+            reason: self.reason.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl<V> ModelRecord<V> {
+    fn loading(name: &str) -> ModelRecord<V> {
         ModelRecord {
             name: name.to_string(),
             versions: BTreeMap::new(),
@@ -89,17 +107,17 @@ impl ModelRecord {
         }
     }
 
-    fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<ServedVersion>> {
+    fn ready_versions(&self) -> impl DoubleEndedIterator<Item = &Arc<V>> {
         self.versions.values().filter(|s| s.state == ModelState::Ready).filter_map(|s| s.served.as_ref())
     }
 }
 
-type Table = HashMap<String, ModelRecord>;
+type Table<V> = HashMap<String, ModelRecord<V>>;
 
 /// Why a model with no ready version cannot take a request. Only a load in progress is
 /// UNAVAILABLE (retry soon); a model that was unloaded or failed to load is NOT_FOUND, with
 /// Triton's words, because a client treats 5xx as a broken server.
-fn no_ready_version(rec: &ModelRecord) -> ServeError {
+fn no_ready_version<V>(rec: &ModelRecord<V>) -> ServeError {
     let loading = rec.state == ModelState::Loading || rec.versions.values().any(|s| s.state == ModelState::Loading);
     if loading {
         return ServeError::Unavailable(format!("model '{}' is loading", rec.name));
@@ -124,13 +142,23 @@ enum Command {
     UnloadAll { reply: oneshot::Sender<()> },
 }
 
-/// Cloneable handle to the repository actor.
-#[derive(Clone)]
-pub struct ModelRepository {
-    table: Arc<RwLock<Arc<Table>>>,
+/// Cloneable handle to the repository actor, holding versions of type `V`.
+pub struct ModelRepository<V> {
+    table: Arc<RwLock<Arc<Table<V>>>>,
     tx: mpsc::Sender<Command>,
     opts: Arc<RepositoryOptions>,
     required: Required,
+}
+
+impl<V> Clone for ModelRepository<V> {
+    fn clone(&self) -> Self {
+        ModelRepository {
+            table: self.table.clone(),
+            tx: self.tx.clone(),
+            opts: self.opts.clone(),
+            required: self.required.clone(),
+        }
+    }
 }
 
 /// The models the server must serve to be ready, as the actor last worked them out (at start,
@@ -138,9 +166,10 @@ pub struct ModelRepository {
 /// reads a list instead of scanning the repositories' directories.
 type Required = Arc<RwLock<Option<Arc<Vec<String>>>>>;
 
-impl ModelRepository {
-    /// Starts the actor; call [`ModelRepository::load_startup_models`] to load what the mode says.
-    pub fn start(opts: RepositoryOptions) -> ModelRepository {
+impl<V: Version> ModelRepository<V> {
+    /// Starts the actor, whose versions `assembler` builds; call
+    /// [`ModelRepository::load_startup_models`] to load what the mode says.
+    pub fn start(opts: RepositoryOptions, assembler: Arc<dyn Assemble<V>>) -> ModelRepository<V> {
         let table = Arc::new(RwLock::new(Arc::new(Table::new())));
         let (tx, rx) = mpsc::channel(64);
         let opts = Arc::new(opts);
@@ -151,6 +180,7 @@ impl ModelRepository {
             opts: opts.clone(),
             inline_seq: 0,
             required: required.clone(),
+            assembler,
         };
         tokio::spawn(actor.run(rx));
         ModelRepository { table, tx, opts, required }
@@ -194,12 +224,12 @@ impl ModelRepository {
         let _ = self.call(|reply| Command::UnloadAll { reply }).await;
     }
 
-    fn snapshot(&self) -> Arc<Table> {
+    fn snapshot(&self) -> Arc<Table<V>> {
         self.table.read().clone()
     }
 
     /// The version a request goes to: the one named, or the newest ready one.
-    pub fn get(&self, model: &str, version: Option<&str>) -> Result<Arc<ServedVersion>, ServeError> {
+    pub fn get(&self, model: &str, version: Option<&str>) -> Result<Arc<V>, ServeError> {
         let table = self.snapshot();
         let rec = table.get(model).ok_or_else(|| ServeError::model_not_found(model, version))?;
         match version.filter(|v| !v.is_empty()) {
@@ -230,16 +260,16 @@ impl ModelRepository {
     }
 
     /// Ready versions of a model, oldest first.
-    pub fn ready_versions(&self, model: &str) -> Vec<Arc<ServedVersion>> {
+    pub fn ready_versions(&self, model: &str) -> Vec<Arc<V>> {
         self.snapshot().get(model).map(|r| r.ready_versions().cloned().collect()).unwrap_or_default()
     }
 
-    /// Every ready version of every model.
-    pub fn all_ready(&self) -> Vec<Arc<ServedVersion>> {
+    /// Every ready version of every model, by name and version.
+    pub fn all_ready(&self) -> Vec<Arc<V>> {
         let table = self.snapshot();
-        let mut v: Vec<_> = table.values().flat_map(|r| r.ready_versions().cloned()).collect();
-        v.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-        v
+        let mut names: Vec<&String> = table.keys().collect();
+        names.sort();
+        names.into_iter().flat_map(|n| table[n].ready_versions().cloned()).collect()
     }
 
     /// True when the start-up loads ran and every model they had to load (in poll mode: every
@@ -404,20 +434,21 @@ fn version_dirs(model_dir: &Path) -> Vec<u64> {
     v
 }
 
-struct Actor {
-    table: Table,
-    published: Arc<RwLock<Arc<Table>>>,
+struct Actor<V> {
+    table: Table<V>,
+    published: Arc<RwLock<Arc<Table<V>>>>,
     opts: Arc<RepositoryOptions>,
     inline_seq: u64,
     required: Required,
+    assembler: Arc<dyn Assemble<V>>,
 }
 
-/// A version built and started, not yet taking traffic.
-struct Prepared {
-    versions: Vec<Arc<ServedVersion>>,
+/// Versions built and started, not yet taking traffic.
+struct Prepared<V> {
+    versions: Vec<(u64, Arc<V>)>,
 }
 
-impl Actor {
+impl<V: Version> Actor<V> {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
@@ -549,7 +580,7 @@ impl Actor {
     }
 
     /// Reads the config, picks versions, loads and starts their instances.
-    async fn prepare(&mut self, name: &str, ov: Option<LoadOverride>) -> Result<Prepared, ServeError> {
+    async fn prepare(&mut self, name: &str, ov: Option<LoadOverride>) -> Result<Prepared<V>, ServeError> {
         let ov = ov.unwrap_or_default();
         let model_dir = if ov.files.is_empty() {
             self.find_model_dir(name).ok_or_else(|| {
@@ -595,9 +626,13 @@ impl Actor {
         let newest_files = files(selected[selected.len() - 1]);
         let config = {
             let backend = backend.clone();
+            let assembler = self.assembler.clone();
             tokio::task::spawn_blocking(move || -> Result<ModelConfig, ServeError> {
                 backend.auto_complete(&mut config, &newest_files)?;
                 validate_config(&config)?;
+                assembler
+                    .check(&config)
+                    .map_err(|msg| ServeError::invalid(format!("model '{}': {msg}", config.name)))?;
                 fill_defaults(&mut config);
                 Ok(config)
             })
@@ -608,11 +643,11 @@ impl Actor {
         let mut versions = Vec::new();
         for v in selected {
             let files = files(v);
-            match start_version(backend.clone(), config.clone(), files, v, self.opts.queue_limits).await {
-                Ok(served) => versions.push(served),
+            match self.assembler.assemble(backend.clone(), config.clone(), files, v).await {
+                Ok(served) => versions.push((v, served)),
                 Err(e) => {
-                    for s in versions {
-                        s.runner.shutdown().await;
+                    for (_, s) in versions {
+                        s.shutdown().await;
                     }
                     return Err(ServeError::invalid(format!("failed to load '{name}' version {v}: {e}")));
                 }
@@ -622,15 +657,15 @@ impl Actor {
     }
 
     /// Makes the new versions take traffic, then drains and stops the ones they replace.
-    async fn swap_in(&mut self, name: &str, prepared: Prepared) {
-        let mut old: Vec<Arc<ServedVersion>> = Vec::new();
+    async fn swap_in(&mut self, name: &str, prepared: Prepared<V>) {
+        let mut old: Vec<Arc<V>> = Vec::new();
         // `load` inserted the record and the actor runs one command at a time; re-creating it
         // anyway keeps a mistake here from stranding running versions.
         let rec = self.table.entry(name.to_string()).or_insert_with(|| ModelRecord::loading(name));
-        let new_versions: BTreeMap<u64, VersionSlot> = prepared
+        let new_versions: BTreeMap<u64, VersionSlot<V>> = prepared
             .versions
             .into_iter()
-            .map(|s| (s.version, VersionSlot { state: ModelState::Ready, reason: String::new(), served: Some(s) }))
+            .map(|(v, s)| (v, VersionSlot { state: ModelState::Ready, reason: String::new(), served: Some(s) }))
             .collect();
         for (_, slot) in std::mem::take(&mut rec.versions) {
             if let Some(s) = slot.served {
@@ -643,7 +678,7 @@ impl Actor {
         tracing::info!(model = %name, versions = ?rec.versions.keys().collect::<Vec<_>>(), "model ready");
         self.publish();
         for s in old {
-            s.runner.shutdown().await;
+            s.shutdown().await;
         }
     }
 
@@ -693,7 +728,7 @@ impl Actor {
         rec.state = ModelState::Unloading;
         self.publish();
         for s in draining {
-            s.runner.shutdown().await;
+            s.shutdown().await;
         }
         if let Some(rec) = self.table.get_mut(name) {
             rec.versions.clear();
@@ -704,70 +739,6 @@ impl Actor {
         tracing::info!(model = %name, "model unloaded");
         Ok(())
     }
-}
-
-async fn start_version(
-    backend: Arc<dyn Backend>,
-    config: Arc<ModelConfig>,
-    files: ModelFiles,
-    version: u64,
-    limits: QueueLimits,
-) -> Result<Arc<ServedVersion>, ServeError> {
-    let n = config.instance_count();
-    let cfg = config.clone();
-    // Load the instances, then warm each of them (Triton's `model_warmup`) before the version
-    // can take traffic; a failing warmup fails the load.
-    let (instances, warmup, text, labels, generator) = tokio::task::spawn_blocking(move || {
-        let text = sluice_text::TextInput::from_config(&cfg, &files.model_dir, &files.version_dir)?;
-        let mut labels = std::collections::BTreeMap::new();
-        for o in &cfg.output {
-            if let Some(l) = sluice_text::labels_for(&cfg, &o.name, &files.model_dir)? {
-                labels.insert(o.name.clone(), l);
-            }
-        }
-        let samples = crate::warmup::build_samples(&cfg, &files.model_dir)?;
-        // A generative model's instances share one engine (its weights, KV caches, and the
-        // continuous batcher), so it is loaded once per version, not per instance.
-        let generator = match backend.name() {
-            sluice_llm::backend::BACKEND => Some(sluice_llm::backend::start(&cfg, &files)?),
-            _ => None,
-        };
-        let mut instances = match &generator {
-            Some(g) => (0..n).map(|_| sluice_llm::backend::instance(g.clone())).collect(),
-            None => (0..n).map(|i| backend.load(&cfg, &files, i)).collect::<Result<Vec<_>, _>>()?,
-        };
-        let report = crate::warmup::run(&cfg, &samples, &mut instances)?;
-        Ok::<_, ServeError>((instances, report, text, labels, generator))
-    })
-    .await
-    .map_err(|e| ServeError::Internal(format!("model load panicked: {e}")))??;
-    // Tokenized inputs batch raggedly: each batch is padded to its longest sequence.
-    let config = match &text {
-        Some(t) => Arc::new(t.runner_config(&config)),
-        None => config,
-    };
-    if warmup.samples > 0 {
-        tracing::info!(
-            model = %config.name,
-            version,
-            samples = warmup.samples,
-            executions = warmup.executions,
-            ms = warmup.took.as_secs_f64() * 1e3,
-            "warmup done"
-        );
-    }
-    let label = format!("{}:{version}", config.name);
-    let runner = ModelRunner::start(label, &config, instances, limits, Arc::new(ModelStats::default()))?;
-    Ok(Arc::new(ServedVersion {
-        name: config.name.clone(),
-        version,
-        config,
-        runner,
-        warmup,
-        text: text.map(Arc::new),
-        labels,
-        generator,
-    }))
 }
 
 /// Writes files sent inline with a load request into a fresh directory, refusing paths that

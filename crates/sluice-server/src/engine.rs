@@ -7,7 +7,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use sluice_repository::{LoadOverride, ModelRepository, ServedVersion};
+use sluice_repository::LoadOverride;
+
+use crate::assemble::{Repository, ServedVersion};
 use sluice_traffic::ShadowOptions;
 use sluice_types::api::{IndexEntry, ModelState, ModelStatistics, ServerMetadata};
 use sluice_types::{Endpoint, Resolver, ServeError};
@@ -28,7 +30,7 @@ pub const EXTENSIONS: &[&str] = &[
 ];
 
 pub struct Engine {
-    repo: ModelRepository,
+    repo: Repository,
     draining: AtomicBool,
     /// Endpoints declared by `endpoint.yaml` (policies over models), by name; a definition that
     /// failed to load keeps its reason.
@@ -42,7 +44,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(repo: ModelRepository, shadow: ShadowOptions) -> Arc<Engine> {
+    pub fn new(repo: Repository, shadow: ShadowOptions) -> Arc<Engine> {
         Arc::new_cyclic(|me| Engine {
             repo,
             draining: AtomicBool::new(false),
@@ -53,7 +55,7 @@ impl Engine {
         })
     }
 
-    pub fn repository(&self) -> &ModelRepository {
+    pub fn repository(&self) -> &Repository {
         &self.repo
     }
 

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::assemble::ServedVersion;
 use async_trait::async_trait;
 use sluice_llm::{Event, Generator};
-use sluice_repository::ServedVersion;
 use sluice_types::generation::{GenerateRequest, Prompt, TokenStream, Vocabulary};
 use sluice_types::ServeError;
 use tokio::sync::mpsc;

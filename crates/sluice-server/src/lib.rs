@@ -3,6 +3,7 @@
 //! kept in `endpoints`), the HTTP edge (axum), the
 //! gRPC edge (tonic), Prometheus metrics, and start-up and graceful shutdown.
 
+pub mod assemble;
 mod endpoints;
 pub mod engine;
 pub mod generate;
@@ -12,7 +13,9 @@ pub mod metrics;
 mod request_log;
 pub mod server;
 mod version;
+pub mod warmup;
 
+pub use assemble::{Assembler, Repository, ServedVersion};
 pub use engine::Engine;
 pub use server::{build_engine, start, EngineOptions, JobsOptions, RunningServer, ServerConfig};
 pub use sluice_traffic::ShadowOptions;

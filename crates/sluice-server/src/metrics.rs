@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 
-use sluice_repository::ModelRepository;
+use crate::assemble::Repository;
 use sluice_scheduler::ModelStats;
 use sluice_types::prom::{escape, header, Histogram};
 
@@ -84,7 +84,7 @@ const FAMILIES: [Family; 10] = [
 ];
 
 /// Renders every metric of every ready model version.
-pub fn render(repo: &ModelRepository) -> String {
+pub fn render(repo: &Repository) -> String {
     let versions = repo.all_ready();
     let mut out = String::with_capacity(4096);
     let labels: Vec<String> =

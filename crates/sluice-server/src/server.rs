@@ -309,17 +309,22 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
             roots.push(root.clone());
         }
     }
-    let repo = sluice_repository::ModelRepository::start(sluice_repository::RepositoryOptions {
-        roots,
-        control_mode: opts.control_mode,
-        startup_models: opts.load_models.clone(),
-        backends,
+    let assembler = crate::assemble::Assembler {
         queue_limits: sluice_scheduler::QueueLimits {
             max_requests: opts.queue_capacity,
             max_bytes: opts.queue_max_bytes,
         },
-        remotes,
-    });
+    };
+    let repo = crate::assemble::Repository::start(
+        sluice_repository::RepositoryOptions {
+            roots,
+            control_mode: opts.control_mode,
+            startup_models: opts.load_models.clone(),
+            backends,
+            remotes,
+        },
+        Arc::new(assembler),
+    );
     repo.load_startup_models().await?;
     let engine = Engine::new(repo, opts.shadow.clone());
     engine.load_endpoints().await;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::assemble::{Repository, ServedVersion};
 use async_trait::async_trait;
-use sluice_repository::{ModelRepository, ServedVersion};
 use sluice_scheduler::validate::{reshape_inputs, reshape_outputs};
 use sluice_scheduler::{validate_request, Submission};
 use sluice_types::api::{ModelMetadata, ModelStatistics, TensorMetadata};
@@ -17,14 +17,14 @@ use sluice_types::{
 };
 
 pub struct ModelVersionEndpoint {
-    repo: ModelRepository,
+    repo: Repository,
     /// The version as the caller named it (`None`: whichever the policy serves).
     version: Option<String>,
     served: Arc<ServedVersion>,
 }
 
 impl ModelVersionEndpoint {
-    pub fn new(repo: ModelRepository, version: Option<&str>, served: Arc<ServedVersion>) -> Self {
+    pub fn new(repo: Repository, version: Option<&str>, served: Arc<ServedVersion>) -> Self {
         ModelVersionEndpoint { repo, version: version.map(str::to_string), served }
     }
 }

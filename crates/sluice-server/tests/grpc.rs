@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_backend::onnx::{self, OnnxBackend};
 use sluice_backend::BackendRegistry;
-use sluice_repository::{ControlMode, ModelRepository, RepositoryOptions};
+use sluice_repository::{ControlMode, RepositoryOptions};
 use sluice_server::engine::Engine;
 use sluice_server::grpc::pb;
 use sluice_server::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -62,14 +62,16 @@ impl Server {
 
         let mut backends = BackendRegistry::new();
         backends.register(Arc::new(OnnxBackend::new(1)));
-        let repo = ModelRepository::start(RepositoryOptions {
-            roots: vec![dir.path().to_path_buf()],
-            control_mode: ControlMode::None,
-            startup_models: vec![],
-            backends,
-            queue_limits: Default::default(),
-            remotes: vec![],
-        });
+        let repo = sluice_server::Repository::start(
+            RepositoryOptions {
+                roots: vec![dir.path().to_path_buf()],
+                control_mode: ControlMode::None,
+                startup_models: vec![],
+                backends,
+                remotes: vec![],
+            },
+            Arc::new(sluice_server::Assembler { queue_limits: Default::default() }),
+        );
         repo.load_startup_models().await.unwrap();
         let engine = Engine::new(repo, Default::default());
 

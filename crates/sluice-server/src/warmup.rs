@@ -350,7 +350,7 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_model_config, ConfigFormat};
+    use sluice_repository::config::{parse_model_config, ConfigFormat};
 
     fn config(extra: &str) -> ModelConfig {
         parse_model_config(
