@@ -10,7 +10,7 @@ use crate::assemble::{Repository, ServedVersion};
 use async_trait::async_trait;
 use sluice_scheduler::validate::{reshape_inputs, reshape_outputs};
 use sluice_scheduler::{validate_request, Submission};
-use sluice_types::api::{ModelMetadata, ModelStatistics, TensorMetadata};
+use sluice_types::api::{ModelMetadata, ModelStatistics};
 use sluice_types::generation::{GenerateRequest, TokenStream};
 use sluice_types::{
     Answer, Endpoint, InferRequest, InferResponse, ModelConfig, RequestContext, RequestedOutput, ServeError, Tensor,
@@ -42,15 +42,7 @@ impl Endpoint for ModelVersionEndpoint {
     fn metadata(&self) -> ModelMetadata {
         let served = &self.served;
         let c = &served.config;
-        let meta = |ts: &[sluice_types::config::TensorConfig]| {
-            ts.iter()
-                .map(|t| TensorMetadata {
-                    name: t.name.clone(),
-                    datatype: t.datatype().map(|d| d.as_str().to_string()).unwrap_or_else(|| t.data_type.clone()),
-                    shape: c.full_shape(t),
-                })
-                .collect()
-        };
+        let meta = |ts: &[sluice_types::config::TensorConfig]| c.tensor_metadata(ts);
         // A model with a text step takes text, not token ids.
         let inputs = match &served.text {
             Some(t) => meta(&[t.public_input()]),

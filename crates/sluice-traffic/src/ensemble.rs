@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sluice_types::api::{InferenceStats, ModelMetadata, ModelStatistics, StatDuration, TensorMetadata};
+use sluice_types::api::{InferenceStats, ModelMetadata, ModelStatistics, StatDuration};
 use sluice_types::{
     Answer, Endpoint, InferRequest, InferResponse, ModelConfig, RequestContext, RequestedOutput, Resolver, ServeError,
     Tensor, Timings, TrafficCounter,
@@ -299,16 +299,6 @@ impl Ensemble {
     }
 }
 
-fn tensors(config: &ModelConfig, ts: &[sluice_types::config::TensorConfig]) -> Vec<TensorMetadata> {
-    ts.iter()
-        .map(|t| TensorMetadata {
-            name: t.name.clone(),
-            datatype: t.datatype().map(|d| d.as_str().to_string()).unwrap_or_else(|| t.data_type.clone()),
-            shape: config.full_shape(t),
-        })
-        .collect()
-}
-
 #[async_trait]
 impl Endpoint for Ensemble {
     fn name(&self) -> &str {
@@ -325,8 +315,8 @@ impl Endpoint for Ensemble {
             name: self.name.clone(),
             versions: self.versions.clone(),
             platform: "ensemble".into(),
-            inputs: tensors(c, &c.input),
-            outputs: tensors(c, &c.output),
+            inputs: c.tensor_metadata(&c.input),
+            outputs: c.tensor_metadata(&c.output),
         }
     }
 

@@ -24,6 +24,8 @@ pub mod policy;
 pub mod rules;
 pub mod shadow;
 pub mod split;
+#[cfg(test)]
+mod testing;
 
 use definition::Definition;
 pub use shadow::ShadowOptions;

@@ -357,84 +357,15 @@ impl Endpoint for Policy {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use serde_json::json;
     use sluice_types::{InferResponse, Tensor, Timings};
 
     use super::*;
     use crate::definition::parse;
-
-    /// An endpoint that answers `probabilities` with fixed values, counting its calls.
-    struct Fixed {
-        name: String,
-        probabilities: Vec<f32>,
-        calls: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Endpoint for Fixed {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn ready(&self) -> bool {
-            true
-        }
-        fn metadata(&self) -> ModelMetadata {
-            ModelMetadata { name: self.name.clone(), ..Default::default() }
-        }
-        fn config(&self) -> Arc<ModelConfig> {
-            Arc::new(ModelConfig::default())
-        }
-        fn statistics(&self) -> Vec<ModelStatistics> {
-            vec![]
-        }
-        fn check(&self, _: &InferRequest) -> Result<(), ServeError> {
-            Ok(())
-        }
-        async fn infer(&self, _: &RequestContext, req: InferRequest) -> Result<Answer, ServeError> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            let mut outputs = vec![
-                Tensor::from_vec("probabilities", vec![1, self.probabilities.len() as i64], self.probabilities.clone()),
-                Tensor::from_vec("label", vec![1, 1], vec![0i64]),
-            ];
-            if !req.outputs.is_empty() {
-                outputs.retain(|t| req.outputs.iter().any(|o| o.name == t.name));
-            }
-            let response = InferResponse {
-                model_name: self.name.clone(),
-                model_version: "1".into(),
-                outputs,
-                ..Default::default()
-            };
-            Ok(Answer { response, timings: Timings::default() })
-        }
-    }
-
-    struct Table(HashMap<String, Arc<Fixed>>);
-
-    impl Resolver for Table {
-        fn resolve(&self, name: &str, _: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
-            self.0
-                .get(name)
-                .map(|e| e.clone() as Arc<dyn Endpoint>)
-                .ok_or_else(|| ServeError::model_not_found(name, None))
-        }
-    }
+    use crate::testing::{Fake, Table};
 
     fn table(models: &[(&str, &[f32])]) -> Arc<Table> {
-        Arc::new(Table(
-            models
-                .iter()
-                .map(|(n, p)| {
-                    (
-                        n.to_string(),
-                        Arc::new(Fixed { name: n.to_string(), probabilities: p.to_vec(), calls: AtomicUsize::new(0) }),
-                    )
-                })
-                .collect(),
-        ))
+        Table::of(models.iter().map(|(n, p)| Fake::new(n, p, 0)))
     }
 
     fn policy(t: &Arc<Table>, yaml: &str) -> Policy {
@@ -443,7 +374,7 @@ mod tests {
     }
 
     fn calls(t: &Table, name: &str) -> usize {
-        t.0[name].calls.load(Ordering::Relaxed)
+        t.0[name].calls()
     }
 
     fn text(s: &str) -> InferRequest {

@@ -453,76 +453,14 @@ impl Log {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use sluice_types::{Tensor, Timings};
     use tokio::sync::Semaphore;
 
     use super::*;
     use crate::definition::{parse, Definition};
+    use crate::testing::{Fake, Table};
 
-    /// Answers `label` = `value`; waits for a permit of `gate` first when it has one; fails when
-    /// `fail` is set.
-    struct Fake {
-        name: String,
-        value: i64,
-        gate: Option<Arc<Semaphore>>,
-        fail: bool,
-        calls: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Endpoint for Fake {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn ready(&self) -> bool {
-            true
-        }
-        fn metadata(&self) -> ModelMetadata {
-            ModelMetadata { name: self.name.clone(), ..Default::default() }
-        }
-        fn config(&self) -> Arc<ModelConfig> {
-            Arc::new(ModelConfig::default())
-        }
-        fn statistics(&self) -> Vec<ModelStatistics> {
-            vec![]
-        }
-        fn check(&self, _: &InferRequest) -> Result<(), ServeError> {
-            Ok(())
-        }
-        async fn infer(&self, _: &RequestContext, _: InferRequest) -> Result<Answer, ServeError> {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            if let Some(g) = &self.gate {
-                g.acquire().await.unwrap().forget();
-            }
-            if self.fail {
-                return Err(ServeError::Internal(format!("{} failed", self.name)));
-            }
-            let response = InferResponse {
-                model_name: self.name.clone(),
-                model_version: "1".into(),
-                outputs: vec![Tensor::from_vec("label", vec![1], vec![self.value])],
-                ..Default::default()
-            };
-            Ok(Answer { response, timings: Timings::default() })
-        }
-    }
-
-    struct Table(HashMap<String, Arc<Fake>>);
-
-    impl Resolver for Table {
-        fn resolve(&self, name: &str, _: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
-            self.0
-                .get(name)
-                .map(|e| e.clone() as Arc<dyn Endpoint>)
-                .ok_or_else(|| ServeError::model_not_found(name, None))
-        }
-    }
-
-    fn fake(name: &str, value: i64, gate: Option<Arc<Semaphore>>, fail: bool) -> (String, Arc<Fake>) {
-        (name.to_string(), Arc::new(Fake { name: name.into(), value, gate, fail, calls: AtomicUsize::new(0) }))
+    fn fake(name: &str, label: i64, gate: Option<Arc<Semaphore>>, fail: bool) -> Fake {
+        Fake { gate, fail, ..Fake::new(name, &[1.0], label) }
     }
 
     fn shadow(table: &Arc<Table>, yaml: &str, opts: ShadowOptions) -> ShadowEndpoint {
@@ -548,7 +486,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_copies_and_the_caller_never_waits() {
         let gate = Arc::new(Semaphore::new(0));
-        let t = Arc::new(Table([fake("live", 1, None, false), fake("slow", 1, Some(gate.clone()), false)].into()));
+        let t = Table::of([fake("live", 1, None, false), fake("slow", 1, Some(gate.clone()), false)]);
         let e = shadow(
             &t,
             "kind: shadow\nprimary: { model: live }\nshadows: [ { model: slow } ]\ncompare: { output: label }\n",
@@ -572,9 +510,8 @@ mod tests {
 
     #[tokio::test]
     async fn errors_on_either_side_are_counted_not_passed_on() {
-        let t = Arc::new(Table(
-            [fake("live", 1, None, false), fake("broken", 1, None, true), fake("differs", 2, None, false)].into(),
-        ));
+        let t =
+            Table::of([fake("live", 1, None, false), fake("broken", 1, None, true), fake("differs", 2, None, false)]);
         let e = shadow(
             &t,
             "kind: shadow\nprimary: { model: live }\nshadows: [ { model: broken } ]\n",
@@ -602,7 +539,7 @@ mod tests {
             "kind: shadow\nprimary: { model: live }\nshadows: [ { model: differs, share: 0.5 } ]\ncompare: { output: label }\n",
             ShadowOptions::default(),
         );
-        let before = t.0["differs"].calls.load(Ordering::Relaxed) as u64;
+        let before = t.0["differs"].calls() as u64;
         for i in 0..400 {
             e.infer(&RequestContext::new(format!("r{i}")), InferRequest::default()).await.unwrap();
         }
@@ -610,6 +547,6 @@ mod tests {
         assert!((160..=240).contains(&picked), "share 0.5 of 400: {picked}");
         let r = settle(&e, picked).await;
         assert_eq!(r["shadows"][0]["comparison"]["agreement"], 0.0);
-        assert_eq!(t.0["differs"].calls.load(Ordering::Relaxed) as u64 - before, picked);
+        assert_eq!(t.0["differs"].calls() as u64 - before, picked);
     }
 }

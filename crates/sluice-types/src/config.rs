@@ -192,6 +192,17 @@ impl ModelConfig {
             t.dims.clone()
         }
     }
+
+    /// Inputs or outputs as model metadata shows them (V2 datatype names, full shapes).
+    pub fn tensor_metadata(&self, ts: &[TensorConfig]) -> Vec<crate::api::TensorMetadata> {
+        ts.iter()
+            .map(|t| crate::api::TensorMetadata {
+                name: t.name.clone(),
+                datatype: t.datatype().map(|d| d.as_str().to_string()).unwrap_or_else(|| t.data_type.clone()),
+                shape: self.full_shape(t),
+            })
+            .collect()
+    }
 }
 
 // --- lenient deserializers: protobuf JSON writes 64-bit ints as strings, pbtxt gives a single
