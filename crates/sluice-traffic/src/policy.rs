@@ -5,6 +5,7 @@
 //!
 //! Shadow copies need a queue and statistics of their own: see [`crate::shadow`].
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -28,7 +29,9 @@ pub struct Policy {
     resolver: Weak<dyn Resolver>,
     /// A split's targets as the assignment hashes them (a stable name each) with their weights.
     split_keys: Vec<(String, f64)>,
-    /// Requests sent to each of `definition.targets()`, in that order.
+    /// `definition.targets()`, in that order: what `pick` indexes.
+    flat: Vec<Target>,
+    /// Requests sent to each of `flat`.
     sent: Vec<AtomicU64>,
     /// Requests each cascade stage passed on to the next.
     escalated: Vec<AtomicU64>,
@@ -48,23 +51,23 @@ impl Policy {
             | Definition::Shadow { .. }
             | Definition::Ensemble { .. } => Vec::new(),
         };
-        let sent = definition.targets().iter().map(|_| AtomicU64::new(0)).collect();
+        let flat: Vec<Target> = definition.targets().into_iter().cloned().collect();
+        let sent = flat.iter().map(|_| AtomicU64::new(0)).collect();
         let escalated = match &definition {
             Definition::Cascade { stages } => stages.iter().map(|_| AtomicU64::new(0)).collect(),
             _ => Vec::new(),
         };
-        Ok(Policy { name: name.to_string(), definition, resolver, split_keys, sent, escalated })
+        Ok(Policy { name: name.to_string(), definition, resolver, split_keys, flat, sent, escalated })
     }
 
     fn resolve(&self, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
         resolve_target(&self.resolver, t)
     }
 
-    /// Counts a request sent to `t` (one of `definition.targets()`).
-    fn count(&self, t: &Target) {
-        if let Some(i) = self.definition.targets().iter().position(|x| std::ptr::eq(*x, t)) {
-            self.sent[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Target `i` of `flat`, counting the request sent to it.
+    fn send_to(&self, i: usize) -> Result<Arc<dyn Endpoint>, ServeError> {
+        self.sent[i].fetch_add(1, Ordering::Relaxed);
+        self.resolve(&self.flat[i])
     }
 
     fn kind(&self) -> &'static str {
@@ -88,30 +91,31 @@ impl Policy {
         }
     }
 
-    /// Where a request goes, for route and split; `None` for a cascade. Also the tag for the
-    /// response (`sluice_rule`).
-    fn pick(&self, ctx: &RequestContext, req: &InferRequest) -> Result<Option<(&Target, Option<usize>)>, ServeError> {
+    /// Where a request goes, for route and split (an index into `flat`); `None` for a cascade.
+    /// Also the tag for the response (`sluice_rule`).
+    fn pick(&self, ctx: &RequestContext, req: &InferRequest) -> Result<Option<(usize, Option<usize>)>, ServeError> {
         match &self.definition {
             Definition::Route { rules, default } => {
                 match rules.iter().position(|Rule { when, .. }| when.holds(req, ctx)) {
-                    Some(i) => Ok(Some((&rules[i].to, Some(i)))),
-                    None => default.as_ref().map(|d| Some((d, None))).ok_or_else(|| {
+                    Some(i) => Ok(Some((i, Some(i)))),
+                    // The default comes after the rules in `flat`.
+                    None => default.as_ref().map(|_| Some((rules.len(), None))).ok_or_else(|| {
                         ServeError::invalid(format!("endpoint '{}': no rule matched and it has no default", self.name))
                     }),
                 }
             }
-            Definition::Split { targets, sticky } => {
-                let unit = match sticky {
-                    Some(Sticky::Header(h)) => ctx.header(h).map(str::to_string),
+            Definition::Split { sticky, .. } => {
+                let unit: Option<Cow<'_, str>> = match sticky {
+                    Some(Sticky::Header(h)) => ctx.header(h).map(Cow::Borrowed),
                     Some(Sticky::Parameter(p)) => req.parameters.get(p).map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
+                        Value::String(s) => Cow::Borrowed(s.as_str()),
+                        other => Cow::Owned(other.to_string()),
                     }),
                     None => None,
-                }
+                };
                 // Without a unit, each request is its own (its id is unique per request).
-                .unwrap_or_else(|| ctx.request_id.clone());
-                Ok(Some((&targets[split::assign(&self.name, &unit, &self.split_keys)].0, None)))
+                let unit = unit.unwrap_or(Cow::Borrowed(ctx.request_id.as_str()));
+                Ok(Some((split::assign(&self.name, &unit, &self.split_keys), None)))
             }
             Definition::Cascade { .. } | Definition::Shadow { .. } | Definition::Ensemble { .. } => Ok(None),
         }
@@ -139,8 +143,8 @@ impl Policy {
                 }
                 _ => false,
             };
-            self.count(&stage.target);
-            let mut answer = self.resolve(&stage.target)?.infer(ctx, stage_req).await?;
+            // Stage i is target i of `flat`.
+            let mut answer = self.send_to(i)?.infer(ctx, stage_req).await?;
             let confident = match (&stage.confidence, last) {
                 (_, true) | (None, _) => true,
                 (Some((output, softmax)), false) => {
@@ -228,7 +232,7 @@ impl Endpoint for Policy {
     }
 
     fn ready(&self) -> bool {
-        self.definition.targets().iter().all(|t| self.resolve(t).is_ok_and(|e| e.ready()))
+        self.flat.iter().all(|t| self.resolve(t).is_ok_and(|e| e.ready()))
     }
 
     /// The representative target's inputs, and the outputs every ready target gives.
@@ -237,7 +241,7 @@ impl Endpoint for Policy {
             Ok(e) => e.metadata(),
             Err(_) => ModelMetadata::default(),
         };
-        for e in self.definition.targets().into_iter().filter_map(|t| self.resolve(t).ok()).filter(|e| e.ready()) {
+        for e in self.flat.iter().filter_map(|t| self.resolve(t).ok()).filter(|e| e.ready()) {
             let theirs = e.metadata().outputs;
             m.outputs.retain(|o| theirs.iter().any(|x| x.name == o.name));
         }
@@ -259,7 +263,7 @@ impl Endpoint for Policy {
     /// Every target's statistics, each model version once.
     fn statistics(&self) -> Vec<ModelStatistics> {
         let mut out: Vec<ModelStatistics> = Vec::new();
-        for t in self.definition.targets() {
+        for t in &self.flat {
             for s in self.resolve(t).map(|e| e.statistics()).unwrap_or_default() {
                 if !out.iter().any(|o| o.name == s.name && o.version == s.version) {
                     out.push(s);
@@ -280,8 +284,7 @@ impl Endpoint for Policy {
         let Some((target, rule)) = self.pick(ctx, &request)? else {
             return Err(ServeError::Unsupported(format!("endpoint '{}' cannot answer this", self.name)));
         };
-        self.count(target);
-        let answer = self.resolve(target)?.infer(ctx, request).await?;
+        let answer = self.send_to(target)?.infer(ctx, request).await?;
         let mut answer = tag(&self.name, answer);
         if let Some(i) = rule {
             answer.response.parameters.insert("sluice_rule".into(), i.into());
@@ -302,16 +305,14 @@ impl Endpoint for Policy {
         request: GenerateRequest,
     ) -> Result<Box<dyn TokenStream>, ServeError> {
         match self.pick(ctx, &InferRequest::default())? {
-            Some((target, _)) => {
-                self.count(target);
-                self.resolve(target)?.generate(ctx, request).await
-            }
+            Some((target, _)) => self.send_to(target)?.generate(ctx, request).await,
             None => Err(ServeError::Unsupported(format!(
                 "endpoint '{}' is a cascade: it answers infer requests, not generations",
                 self.name
             ))),
         }
     }
+
     fn traffic_report(&self) -> Option<Value> {
         let targets: Vec<Value> = self
             .definition
@@ -336,7 +337,7 @@ impl Endpoint for Policy {
     fn counters(&self) -> Vec<TrafficCounter> {
         // A target named twice (two rules to one model) is one series.
         let mut out: Vec<TrafficCounter> = Vec::new();
-        for (t, n) in self.definition.targets().iter().zip(&self.sent) {
+        for (t, n) in self.flat.iter().zip(&self.sent) {
             let c = TrafficCounter::requests(&self.name, &target_key(t), n.load(Ordering::Relaxed));
             match out.iter_mut().find(|o| o.labels == c.labels) {
                 Some(o) => o.value += c.value,
