@@ -21,15 +21,18 @@ PERF_ANALYZER = Path(os.environ.get("PERF_ANALYZER", SLUICE_HOME / "bin" / "perf
 LINE = re.compile(r"Concurrency:\s*(\d+),\s*throughput:\s*([0-9.]+)\s*infer/sec")
 
 
+# add_sub_twice is a Triton ensemble (an endpoint): perf_analyzer finds its statistics under its
+# own name, followed by the composing model's.
+@pytest.mark.parametrize("model", ["add_sub", "add_sub_twice"])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_perf_analyzer(server, protocol, tmp_path):
+def test_perf_analyzer(server, protocol, model, tmp_path):
     if not (PERF_ANALYZER.is_file() and os.access(PERF_ANALYZER, os.X_OK)):
         pytest.fail(f"perf_analyzer not installed at {PERF_ANALYZER} (run scripts/setup.sh)", pytrace=False)
     url = server.http_url if protocol == "http" else server.grpc_url
-    report = tmp_path / f"pa-{protocol}.csv"
+    report = tmp_path / f"pa-{model}-{protocol}.csv"
     cmd = [
         str(PERF_ANALYZER),
-        "-m", "add_sub",
+        "-m", model,
         "-u", url,
         "-i", protocol,
         "--concurrency-range", "1:2",

@@ -12,19 +12,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sluice_types::api::{InferenceStats, ModelMetadata, ModelStatistics, StatDuration};
+use sluice_types::api::{ModelMetadata, ModelStatistics};
 use sluice_types::{
     Answer, Endpoint, InferRequest, InferResponse, ModelConfig, RequestContext, RequestedOutput, Resolver, ServeError,
     Tensor, Timings, TrafficCounter,
 };
 
 use crate::definition::Target;
+use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{resolve_target, target_key};
 
 /// One step: a model, and how its tensors are named in the ensemble.
@@ -191,15 +191,6 @@ fn within(e: ServeError, prefix: &str) -> ServeError {
     }
 }
 
-/// Counts of the ensemble itself, as Triton reports an ensemble's own statistics.
-#[derive(Default)]
-struct Counts {
-    success: StatDuration,
-    fail: StatDuration,
-    inferences: u64,
-    last_ms: u64,
-}
-
 /// An ensemble as an endpoint.
 pub struct Ensemble {
     name: String,
@@ -208,7 +199,7 @@ pub struct Ensemble {
     /// directory holding an empty `1/`).
     versions: Vec<String>,
     resolver: Weak<dyn Resolver>,
-    counts: Mutex<Counts>,
+    counts: OwnStats,
     runs: Vec<AtomicU64>,
 }
 
@@ -327,24 +318,12 @@ impl Endpoint for Ensemble {
     /// The ensemble's own entry (requests, their end-to-end time), then each composing model's,
     /// as Triton lists them.
     fn statistics(&self) -> Vec<ModelStatistics> {
-        let c = self.counts.lock();
-        let own = ModelStatistics {
-            name: self.name.clone(),
-            version: self.versions.last().cloned().unwrap_or_default(),
-            last_inference: c.last_ms,
-            inference_count: c.inferences,
-            execution_count: c.success.count,
-            inference_stats: InferenceStats { success: c.success, fail: c.fail, ..Default::default() },
-            ..Default::default()
-        };
-        drop(c);
-        let mut out = vec![own];
+        let mut out = vec![self.counts.entry(&self.name, &self.versions.last().cloned().unwrap_or_default())];
         for s in &self.spec.steps {
-            for st in resolve_target(&self.resolver, &s.target).map(|e| e.statistics()).unwrap_or_default() {
-                if !out.iter().any(|o| o.name == st.name && o.version == st.version) {
-                    out.push(st);
-                }
-            }
+            extend_unique(
+                &mut out,
+                resolve_target(&self.resolver, &s.target).map(|e| e.statistics()).unwrap_or_default(),
+            );
         }
         out
     }
@@ -395,15 +374,8 @@ impl Endpoint for Ensemble {
         let started = Instant::now();
         let result = self.run(ctx, request).await;
         let ns = started.elapsed().as_nanos() as u64;
-        let mut c = self.counts.lock();
-        let d = if result.is_ok() { &mut c.success } else { &mut c.fail };
-        d.count += 1;
-        d.ns += ns;
-        if result.is_ok() {
-            c.inferences += if self.spec.config.max_batch_size > 0 { batch } else { 1 };
-            c.last_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        }
-        drop(c);
+        let rows = if self.spec.config.max_batch_size > 0 { batch } else { 1 };
+        self.counts.record(result.is_ok(), ns, rows);
         Ok(Answer { response: result?, timings: Timings::default() })
     }
 

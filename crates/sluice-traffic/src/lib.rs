@@ -20,6 +20,7 @@ pub mod cascade;
 pub mod compare;
 pub mod definition;
 pub mod ensemble;
+mod own_stats;
 pub mod policy;
 pub mod rules;
 pub mod shadow;

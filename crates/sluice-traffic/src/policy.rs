@@ -20,6 +20,7 @@ use sluice_types::{
 
 use crate::cascade;
 use crate::definition::{Definition, Rule, Stage, Sticky, Target};
+use crate::own_stats::{extend_unique, OwnStats};
 use crate::split;
 
 /// A policy endpoint. It holds its resolver weakly: the resolver (the engine) holds it.
@@ -35,6 +36,7 @@ pub struct Policy {
     sent: Vec<AtomicU64>,
     /// Requests each cascade stage passed on to the next.
     escalated: Vec<AtomicU64>,
+    own: OwnStats,
 }
 
 impl Policy {
@@ -57,7 +59,16 @@ impl Policy {
             Definition::Cascade { stages } => stages.iter().map(|_| AtomicU64::new(0)).collect(),
             _ => Vec::new(),
         };
-        Ok(Policy { name: name.to_string(), definition, resolver, split_keys, flat, sent, escalated })
+        Ok(Policy {
+            name: name.to_string(),
+            definition,
+            resolver,
+            split_keys,
+            flat,
+            sent,
+            escalated,
+            own: Default::default(),
+        })
     }
 
     fn resolve(&self, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
@@ -119,6 +130,22 @@ impl Policy {
             }
             Definition::Cascade { .. } | Definition::Shadow { .. } | Definition::Ensemble { .. } => Ok(None),
         }
+    }
+
+    /// One request, by the definition's kind.
+    async fn answer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
+        if let Definition::Cascade { stages } = &self.definition {
+            return self.cascade(ctx, request, stages).await;
+        }
+        let Some((target, rule)) = self.pick(ctx, &request)? else {
+            return Err(ServeError::Unsupported(format!("endpoint '{}' cannot answer this", self.name)));
+        };
+        let answer = self.send_to(target)?.infer(ctx, request).await?;
+        let mut answer = tag(&self.name, answer);
+        if let Some(i) = rule {
+            answer.response.parameters.insert("sluice_rule".into(), i.into());
+        }
+        Ok(answer)
     }
 
     async fn cascade(&self, ctx: &RequestContext, req: InferRequest, stages: &[Stage]) -> Result<Answer, ServeError> {
@@ -260,15 +287,12 @@ impl Endpoint for Policy {
         Arc::new(c)
     }
 
-    /// Every target's statistics, each model version once.
+    /// Its own requests (as version 1, the version its metadata shows), then every target's
+    /// statistics, each model version once.
     fn statistics(&self) -> Vec<ModelStatistics> {
-        let mut out: Vec<ModelStatistics> = Vec::new();
+        let mut out = vec![self.own.entry(&self.name, "1")];
         for t in &self.flat {
-            for s in self.resolve(t).map(|e| e.statistics()).unwrap_or_default() {
-                if !out.iter().any(|o| o.name == s.name && o.version == s.version) {
-                    out.push(s);
-                }
-            }
+            extend_unique(&mut out, self.resolve(t).map(|e| e.statistics()).unwrap_or_default());
         }
         out
     }
@@ -278,18 +302,10 @@ impl Endpoint for Policy {
     }
 
     async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
-        if let Definition::Cascade { stages } = &self.definition {
-            return self.cascade(ctx, request, stages).await;
-        }
-        let Some((target, rule)) = self.pick(ctx, &request)? else {
-            return Err(ServeError::Unsupported(format!("endpoint '{}' cannot answer this", self.name)));
-        };
-        let answer = self.send_to(target)?.infer(ctx, request).await?;
-        let mut answer = tag(&self.name, answer);
-        if let Some(i) = rule {
-            answer.response.parameters.insert("sluice_rule".into(), i.into());
-        }
-        Ok(answer)
+        let started = std::time::Instant::now();
+        let result = self.answer(ctx, request).await;
+        self.own.record(result.is_ok(), started.elapsed().as_nanos() as u64, 1);
+        result
     }
 
     fn generative(&self) -> bool {

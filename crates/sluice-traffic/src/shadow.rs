@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::compare::{compare, Agreement, LatencyWindow};
 use crate::definition::Target;
+use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{resolve_target, tag, target_key};
 use crate::split;
 
@@ -53,6 +54,8 @@ impl Default for ShadowOptions {
 struct Copy {
     target: Target,
     key: String,
+    /// What picks its share of requests: `<endpoint>/<key>`.
+    salt: String,
     share: f64,
     stats: Mutex<CopyStats>,
 }
@@ -100,6 +103,7 @@ pub struct ShadowEndpoint {
     /// Started by the first request, from inside the runtime.
     queue: OnceLock<mpsc::Sender<Job>>,
     primary_requests: std::sync::atomic::AtomicU64,
+    own: OwnStats,
 }
 
 impl ShadowEndpoint {
@@ -114,7 +118,10 @@ impl ShadowEndpoint {
     ) -> ShadowEndpoint {
         let copies = shadows
             .into_iter()
-            .map(|s| Copy { key: target_key(&s.target), target: s.target, share: s.share, stats: Default::default() })
+            .map(|s| {
+                let key = target_key(&s.target);
+                Copy { salt: format!("{name}/{key}"), key, target: s.target, share: s.share, stats: Default::default() }
+            })
             .collect();
         let log = match (&opts.log_dir, log_sample > 0.0) {
             (Some(dir), true) => Log::start(dir.join(format!("{name}.jsonl")), opts.log_max_bytes),
@@ -127,7 +134,79 @@ impl ShadowEndpoint {
             opts,
             queue: OnceLock::new(),
             primary_requests: Default::default(),
+            own: Default::default(),
         }
+    }
+
+    /// One request: the primary answers, copies are queued.
+    async fn serve(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
+        let primary = self.primary()?;
+        self.primary_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let picked: Vec<usize> = (0..self.shared.copies.len())
+            .filter(|&i| {
+                let c = &self.shared.copies[i];
+                c.share >= 1.0 || split::point(&c.salt, &ctx.request_id) < c.share
+            })
+            .collect();
+        if picked.is_empty() {
+            return primary.infer(ctx, request).await.map(|a| tag(&self.shared.name, a));
+        }
+        let logged = self.shared.log.is_some() && split::point(&self.shared.name, &ctx.request_id) < self.log_sample;
+        // Both sides must return the compared output even when the client asked for others.
+        let mut hidden = None;
+        if let Some(output) = &self.shared.compare {
+            if !request.outputs.is_empty() && !request.outputs.iter().any(|o| &o.name == output) {
+                request.outputs.push(RequestedOutput { name: output.clone(), parameters: Default::default() });
+                hidden = Some(output.clone());
+            }
+        }
+        let copy_request = request.clone();
+        let started = Instant::now();
+        let result = primary.infer(ctx, request).await;
+        let micros = started.elapsed().as_micros() as u64;
+        let kept = match &result {
+            Ok(a) if logged => Ok(a.clone()),
+            // Only the compared output travels with the copy.
+            Ok(a) => Ok(Answer {
+                response: InferResponse {
+                    model_name: a.response.model_name.clone(),
+                    model_version: a.response.model_version.clone(),
+                    outputs: a
+                        .response
+                        .outputs
+                        .iter()
+                        .filter(|t| self.shared.compare.as_ref() == Some(&t.name))
+                        .cloned()
+                        .collect(),
+                    ..Default::default()
+                },
+                timings: a.timings,
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        // The copy runs whatever the caller's deadline: it is not waiting for it.
+        let copy_ctx = RequestContext { deadline: None, ..ctx.clone() };
+        let tx = self.sender();
+        for i in picked {
+            let job = Job {
+                copy: i,
+                ctx: copy_ctx.clone(),
+                request: copy_request.clone(),
+                primary: kept.clone(),
+                primary_micros: micros,
+                logged,
+            };
+            let full = tx.try_send(job).is_err();
+            let mut s = self.shared.copies[i].stats.lock();
+            s.requests += 1;
+            s.dropped += u64::from(full);
+            s.primary_latency.push(micros);
+        }
+        let mut answer = tag(&self.shared.name, result?);
+        if let Some(h) = hidden {
+            answer.response.outputs.retain(|t| t.name != h);
+        }
+        Ok(answer)
     }
 
     fn sender(&self) -> &mpsc::Sender<Job> {
@@ -242,82 +321,22 @@ impl Endpoint for ShadowEndpoint {
         Arc::new(c)
     }
 
+    /// Its own requests (as version 1), then the primary's statistics.
     fn statistics(&self) -> Vec<ModelStatistics> {
-        self.primary().map(|p| p.statistics()).unwrap_or_default()
+        let mut out = vec![self.own.entry(&self.shared.name, "1")];
+        extend_unique(&mut out, self.primary().map(|p| p.statistics()).unwrap_or_default());
+        out
     }
 
     fn check(&self, request: &InferRequest) -> Result<(), ServeError> {
         self.primary()?.check(request)
     }
 
-    async fn infer(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
-        let primary = self.primary()?;
-        self.primary_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let picked: Vec<usize> = (0..self.shared.copies.len())
-            .filter(|&i| {
-                let c = &self.shared.copies[i];
-                c.share >= 1.0 || split::point(&format!("{}/{}", self.shared.name, c.key), &ctx.request_id) < c.share
-            })
-            .collect();
-        if picked.is_empty() {
-            return primary.infer(ctx, request).await.map(|a| tag(&self.shared.name, a));
-        }
-        let logged = self.shared.log.is_some() && split::point(&self.shared.name, &ctx.request_id) < self.log_sample;
-        // Both sides must return the compared output even when the client asked for others.
-        let mut hidden = None;
-        if let Some(output) = &self.shared.compare {
-            if !request.outputs.is_empty() && !request.outputs.iter().any(|o| &o.name == output) {
-                request.outputs.push(RequestedOutput { name: output.clone(), parameters: Default::default() });
-                hidden = Some(output.clone());
-            }
-        }
-        let copy_request = request.clone();
+    async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
         let started = Instant::now();
-        let result = primary.infer(ctx, request).await;
-        let micros = started.elapsed().as_micros() as u64;
-        let kept = match &result {
-            Ok(a) if logged => Ok(a.clone()),
-            // Only the compared output travels with the copy.
-            Ok(a) => Ok(Answer {
-                response: InferResponse {
-                    model_name: a.response.model_name.clone(),
-                    model_version: a.response.model_version.clone(),
-                    outputs: a
-                        .response
-                        .outputs
-                        .iter()
-                        .filter(|t| self.shared.compare.as_ref() == Some(&t.name))
-                        .cloned()
-                        .collect(),
-                    ..Default::default()
-                },
-                timings: a.timings,
-            }),
-            Err(e) => Err(e.to_string()),
-        };
-        // The copy runs whatever the caller's deadline: it is not waiting for it.
-        let copy_ctx = RequestContext { deadline: None, ..ctx.clone() };
-        let tx = self.sender();
-        for i in picked {
-            let job = Job {
-                copy: i,
-                ctx: copy_ctx.clone(),
-                request: copy_request.clone(),
-                primary: kept.clone(),
-                primary_micros: micros,
-                logged,
-            };
-            let full = tx.try_send(job).is_err();
-            let mut s = self.shared.copies[i].stats.lock();
-            s.requests += 1;
-            s.dropped += u64::from(full);
-            s.primary_latency.push(micros);
-        }
-        let mut answer = tag(&self.shared.name, result?);
-        if let Some(h) = hidden {
-            answer.response.outputs.retain(|t| t.name != h);
-        }
-        Ok(answer)
+        let result = self.serve(ctx, request).await;
+        self.own.record(result.is_ok(), started.elapsed().as_nanos() as u64, 1);
+        result
     }
 
     fn generative(&self) -> bool {
