@@ -15,6 +15,7 @@
 #                             -> probabilities FP32 [batch, 2], label INT64 [batch]
 #   spam-text, spam-text-accurate  the same taking TEXT (BYTES), tokenized by the server
 #   spam-cascade              an endpoint: spam-text, then spam-text-accurate when it is unsure
+#   spam-shadow               an endpoint: spam-text answers, spam-text-accurate gets a copy
 #   efficientnet-lite0        input FP32 [N, 3, 224, 224] -> logits FP32 [N, 1000]
 set -euo pipefail
 
@@ -130,6 +131,19 @@ stages:
   - model: spam-text-accurate
 EOF
 
+# spam-shadow: an endpoint (README, "Endpoints"): spam-text answers; every request is copied to
+# spam-text-accurate off the response path, and their labels are compared.
+mkdir -p "$dir/spam-shadow"
+cat >"$dir/spam-shadow/endpoint.yaml" <<'EOF'
+# Written by scripts/make_models_repo.sh.
+kind: shadow
+primary: { model: spam-text }
+shadows:
+  - { model: spam-text-accurate, share: 1.0 }
+compare: { output: label }
+log: { sample: 0.1 }
+EOF
+
 # smollm: a generative model (candle backend). No config: a directory holding
 # <version>/model.gguf and tokenizer.json is served as one.
 link "$models/smollm2-135m-instruct/model.gguf" "$dir/smollm/1/model.gguf"
@@ -185,4 +199,5 @@ for m in "${served[@]}"; do
 done
 echo "  smollm -> $(readlink "$dir/smollm/1/model.gguf")"
 echo "  spam-cascade: an endpoint, spam-text then spam-text-accurate (spam-cascade/endpoint.yaml)"
+echo "  spam-shadow: an endpoint, spam-text answering with spam-text-accurate as its shadow (spam-shadow/endpoint.yaml)"
 echo "serve it with: sluice serve --model-repository $dir"

@@ -431,7 +431,13 @@ impl Actor {
                         continue;
                     }
                     let names = match self.opts.control_mode {
-                        ControlMode::Explicit => self.opts.startup_models.clone(),
+                        // Endpoints in the list are the engine's to load.
+                        ControlMode::Explicit => {
+                            let endpoints = scan_endpoints(&self.opts.roots);
+                            let mut names = self.opts.startup_models.clone();
+                            names.retain(|n| !endpoints.iter().any(|(e, _)| e == n));
+                            names
+                        }
                         ControlMode::None | ControlMode::Poll => scan_model_names(&self.opts.roots),
                     };
                     for name in &names {

@@ -2,16 +2,17 @@
 //! answers it, and does what concerns the server as a whole (health, the repository API,
 //! statistics of everything).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use sluice_repository::{LoadOverride, ModelRepository, ServedVersion};
+use sluice_traffic::ShadowOptions;
 use sluice_types::api::{IndexEntry, ModelState, ModelStatistics, ServerMetadata};
 use sluice_types::{Endpoint, Resolver, ServeError};
 
+use crate::endpoints::EndpointTable;
 use crate::version::ModelVersionEndpoint;
 
 /// The protocol extensions this server implements, as listed in server metadata.
@@ -26,71 +27,30 @@ pub const EXTENSIONS: &[&str] = &[
     "generate",
 ];
 
-/// Endpoint name → the policy, or why its definition cannot be served.
-type EndpointTable = BTreeMap<String, Result<Arc<dyn Endpoint>, String>>;
-
 pub struct Engine {
     repo: ModelRepository,
     draining: AtomicBool,
     /// Endpoints declared by `endpoint.yaml` (policies over models), by name; a definition that
     /// failed to load keeps its reason.
-    endpoints: RwLock<EndpointTable>,
+    pub(crate) endpoints: RwLock<EndpointTable>,
+    /// Endpoint loads, one at a time.
+    pub(crate) endpoint_loads: Mutex<()>,
+    /// How shadow endpoints queue and log their copies.
+    pub(crate) shadow: ShadowOptions,
     /// The engine itself, as the resolver its policies call back into (held weakly by them).
-    me: Weak<Engine>,
+    pub(crate) me: Weak<Engine>,
 }
 
 impl Engine {
-    pub fn new(repo: ModelRepository) -> Arc<Engine> {
+    pub fn new(repo: ModelRepository, shadow: ShadowOptions) -> Arc<Engine> {
         Arc::new_cyclic(|me| Engine {
             repo,
             draining: AtomicBool::new(false),
-            endpoints: RwLock::new(BTreeMap::new()),
+            endpoints: RwLock::new(EndpointTable::new()),
+            endpoint_loads: Mutex::new(()),
+            shadow,
             me: me.clone(),
         })
-    }
-
-    /// Reads every `endpoint.yaml` of the repositories and serves the policies they declare. A
-    /// definition that does not parse, refers to itself through other endpoints, or is of a
-    /// kind not served yet is listed as unavailable with the reason.
-    pub fn load_endpoints(&self) {
-        let found = sluice_repository::scan_endpoints(&self.repo.options().roots);
-        let mut defs = BTreeMap::new();
-        let mut table = EndpointTable::new();
-        for (name, file) in found {
-            let shown = format!("{name}/{}", sluice_repository::ENDPOINT_FILE);
-            let parsed = std::fs::read_to_string(&file)
-                .map_err(|e| format!("{shown}: cannot read: {e}"))
-                .and_then(|text| sluice_traffic::definition::parse(&shown, &text));
-            match parsed {
-                Ok(d) => {
-                    defs.insert(name, d);
-                }
-                Err(e) => {
-                    table.insert(name, Err(e));
-                }
-            }
-        }
-        for (name, def) in &defs {
-            if let Some(cycle) = cycle_from(name, &defs) {
-                table.insert(
-                    name.clone(),
-                    Err(format!("{name}/endpoint.yaml: endpoints call each other in a cycle: {cycle}")),
-                );
-                continue;
-            }
-            let resolver: Weak<dyn Resolver> = self.me.clone();
-            let policy = sluice_traffic::policy::Policy::new(name, def.clone(), resolver)
-                .map(|p| Arc::new(p) as Arc<dyn Endpoint>)
-                .map_err(|e| e.to_string());
-            table.insert(name.clone(), policy);
-        }
-        for (name, e) in &table {
-            match e {
-                Ok(_) => tracing::info!(endpoint = %name, "endpoint ready"),
-                Err(why) => tracing::error!(endpoint = %name, error = %why, "endpoint failed to load"),
-            }
-        }
-        *self.endpoints.write() = table;
     }
 
     pub fn repository(&self) -> &ModelRepository {
@@ -121,7 +81,7 @@ impl Engine {
 
     /// True for a model in a repository or in the served table, whether ready or not.
     pub fn model_known(&self, model: &str) -> bool {
-        self.endpoints.read().contains_key(model) || self.repo.is_known(model)
+        self.endpoints.read().contains_key(model) || self.repo.is_known(model) || self.is_endpoint_dir(model)
     }
 
     /// Statistics of one version, of every ready version of a model, or of everything.
@@ -148,8 +108,8 @@ impl Engine {
     /// Models and endpoints, by name (an endpoint has no versions).
     pub fn repository_index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let mut index = self.repo.index(ready_only);
-        for (name, e) in self.endpoints.read().iter() {
-            let (state, reason) = match e {
+        for (name, d) in self.endpoints.read().iter() {
+            let (state, reason) = match &d.served {
                 Ok(e) if e.ready() => (ModelState::Ready, String::new()),
                 Ok(_) => (ModelState::Unavailable, "a target is not ready".to_string()),
                 Err(why) => (ModelState::Unavailable, why.clone()),
@@ -162,12 +122,24 @@ impl Engine {
         index
     }
 
+    /// Loads or reloads a model, or an endpoint (a directory with an `endpoint.yaml`).
     pub async fn load_model(&self, name: &str, ov: Option<LoadOverride>) -> Result<(), ServeError> {
+        if self.is_endpoint_dir(name) {
+            if ov.is_some() {
+                return Err(ServeError::invalid(format!(
+                    "'{name}' is an endpoint: it is loaded from its endpoint.yaml, not from a config or files"
+                )));
+            }
+            return self.load_endpoint(name);
+        }
         self.repo.load(name, ov).await
     }
 
     /// `unload_dependents` is accepted for compatibility; no model depends on another yet.
     pub async fn unload_model(&self, name: &str, _unload_dependents: bool) -> Result<(), ServeError> {
+        if self.unload_endpoint(name) {
+            return Ok(());
+        }
         self.repo.unload(name).await
     }
 
@@ -177,7 +149,11 @@ impl Engine {
         let mut names: Vec<String> = self.repo.all_ready().iter().map(|s| s.name.clone()).collect();
         names.dedup();
         names.extend(
-            self.endpoints.read().iter().filter(|(_, e)| e.as_ref().is_ok_and(|e| e.ready())).map(|(n, _)| n.clone()),
+            self.endpoints
+                .read()
+                .iter()
+                .filter(|(_, d)| d.served.as_ref().is_ok_and(|e| e.ready()))
+                .map(|(n, _)| n.clone()),
         );
         names
     }
@@ -188,8 +164,8 @@ impl Engine {
     /// whatever answers. Triton's errors: an unknown or unloaded name is NOT_FOUND, a loading
     /// one UNAVAILABLE.
     pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
-        if let Some(e) = self.endpoints.read().get(name) {
-            return match (e, version.filter(|v| !v.is_empty())) {
+        if let Some(d) = self.endpoints.read().get(name) {
+            return match (&d.served, version.filter(|v| !v.is_empty())) {
                 (Ok(e), None) => Ok(e.clone()),
                 (Ok(_), Some(v)) => Err(ServeError::model_not_found(name, Some(v))),
                 (Err(why), _) => Err(ServeError::NotFound(format!(
@@ -197,8 +173,34 @@ impl Engine {
                 ))),
             };
         }
+        self.resolve_model(name, version)
+    }
+
+    /// A model version, never an endpoint of the same name.
+    pub(crate) fn resolve_model(&self, name: &str, version: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
         let served = self.repo.get(name, version)?;
         Ok(Arc::new(ModelVersionEndpoint::new(self.repo.clone(), version, served)))
+    }
+
+    /// The endpoints declared in the repositories: name, and the policy's report or why it is
+    /// not served.
+    pub fn endpoint_reports(&self) -> Vec<(String, Result<serde_json::Value, String>)> {
+        let table: Vec<(String, crate::endpoints::Served)> =
+            self.endpoints.read().iter().map(|(n, d)| (n.clone(), d.served.clone())).collect();
+        table
+            .into_iter()
+            .map(|(n, e)| {
+                let report = e.map(|e| e.traffic_report().unwrap_or(serde_json::Value::Null));
+                (n, report)
+            })
+            .collect()
+    }
+
+    /// Every served endpoint's counters, for `/metrics`.
+    pub fn traffic_counters(&self) -> Vec<sluice_types::TrafficCounter> {
+        let served: Vec<Arc<dyn Endpoint>> =
+            self.endpoints.read().values().filter_map(|d| d.served.as_ref().ok().cloned()).collect();
+        served.iter().flat_map(|e| e.counters()).collect()
     }
 }
 
@@ -213,39 +215,4 @@ impl Resolver for Engine {
     fn resolve(&self, name: &str, version: Option<&str>) -> Result<Arc<dyn Endpoint>, ServeError> {
         Engine::resolve(self, name, version)
     }
-}
-
-/// The chain of endpoint names that leads from `start` back to itself, if any.
-fn cycle_from(start: &str, defs: &BTreeMap<String, sluice_traffic::definition::Definition>) -> Option<String> {
-    fn walk<'a>(
-        at: &'a str,
-        start: &str,
-        defs: &'a BTreeMap<String, sluice_traffic::definition::Definition>,
-        path: &mut Vec<&'a str>,
-    ) -> bool {
-        let Some(def) = defs.get(at) else { return false };
-        for t in def.targets() {
-            let next = match t {
-                sluice_traffic::definition::Target::Endpoint(n) => n.as_str(),
-                // A model target named like an endpoint resolves to the endpoint too.
-                sluice_traffic::definition::Target::Model { name, version: None } => name.as_str(),
-                sluice_traffic::definition::Target::Model { .. } => continue,
-            };
-            if next == start {
-                path.push(next);
-                return true;
-            }
-            if path.contains(&next) {
-                continue;
-            }
-            path.push(next);
-            if walk(next, start, defs, path) {
-                return true;
-            }
-            path.pop();
-        }
-        false
-    }
-    let mut path = vec![start];
-    walk(start, start, defs, &mut path).then(|| path.join(" -> "))
 }

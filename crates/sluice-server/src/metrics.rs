@@ -135,4 +135,25 @@ pub fn render(repo: &ModelRepository) -> String {
     out
 }
 
+/// The endpoints' counters, one family per metric name in the order first seen.
+pub fn render_traffic(out: &mut String, counters: &[sluice_types::TrafficCounter]) {
+    let mut families: Vec<&str> = Vec::new();
+    for c in counters {
+        if !families.contains(&c.metric) {
+            families.push(c.metric);
+        }
+    }
+    for family in families {
+        let mut first = true;
+        for c in counters.iter().filter(|c| c.metric == family) {
+            if first {
+                header(out, c.metric, c.help, "counter");
+                first = false;
+            }
+            let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let _ = writeln!(out, "{}{{{}}} {}", c.metric, labels.join(","), c.value);
+        }
+    }
+}
+
 const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];

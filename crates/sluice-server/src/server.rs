@@ -191,14 +191,15 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
         }));
         tasks.push(tokio::spawn(crate::grpc::serve(engine.clone(), grpc, stopped(rx.clone()))));
     }
-    let repo = engine.repository().clone();
+    let engine_for_metrics = engine.clone();
     let jobs_for_metrics = jobs.clone();
     let metrics_app = Router::new().route(
         "/metrics",
         get(move || {
-            let (repo, jobs) = (repo.clone(), jobs_for_metrics.clone());
+            let (engine, jobs) = (engine_for_metrics.clone(), jobs_for_metrics.clone());
             async move {
-                let mut text = crate::metrics::render(&repo);
+                let mut text = crate::metrics::render(engine.repository());
+                crate::metrics::render_traffic(&mut text, &engine.traffic_counters());
                 if let Some(jobs) = jobs {
                     let depth = jobs.store.depth().await.unwrap_or_default();
                     text.push_str(&jobs.metrics.render(&depth));
@@ -263,6 +264,8 @@ pub struct EngineOptions {
     /// Where `s3://` / `gs://` / `az://` repositories are mirrored (one subdirectory per URL);
     /// `None`: [`sluice_repository::remote::default_cache_dir`].
     pub model_cache_dir: Option<std::path::PathBuf>,
+    /// How shadow endpoints queue, run and log their copies.
+    pub shadow: sluice_traffic::ShadowOptions,
 }
 
 impl Default for EngineOptions {
@@ -277,6 +280,7 @@ impl Default for EngineOptions {
             queue_max_bytes: 256 << 20,
             poll_interval: Duration::from_secs(15),
             model_cache_dir: None,
+            shadow: sluice_traffic::ShadowOptions::default(),
         }
     }
 }
@@ -319,7 +323,21 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     repo.load_startup_models().await?;
     // The poller lives as long as the runtime; nothing needs to join it.
     drop(repo.spawn_poller(opts.poll_interval));
-    let engine = Engine::new(repo);
+    let engine = Engine::new(repo, opts.shadow.clone());
     engine.load_endpoints();
+    if opts.control_mode == sluice_repository::ControlMode::Poll {
+        let weak = Arc::downgrade(&engine);
+        let every = opts.poll_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                engine.poll_endpoints();
+            }
+        });
+    }
     Ok(engine)
 }

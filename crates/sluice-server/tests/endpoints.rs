@@ -179,3 +179,160 @@ async fn a_job_through_a_route_keeps_its_header() {
     );
     s.shutdown().await;
 }
+
+/// A shadow over spam-fast whose candidate is a split: half its copies go to spam-accurate,
+/// half to a model that failed to load. The caller sees spam-fast's answers only; the report
+/// counts the candidate's errors and its agreement with the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_is_never_seen_by_the_caller() {
+    let (repo, state, logs) = (repo(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let broken = repo.path().join("broken/1");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"this is not an onnx file").unwrap();
+    let endpoint = |name: &str, yaml: &str| {
+        std::fs::create_dir_all(repo.path().join(name)).unwrap();
+        std::fs::write(repo.path().join(name).join("endpoint.yaml"), yaml).unwrap();
+    };
+    endpoint(
+        "flaky",
+        "kind: split\ntargets:\n  - { model: spam-accurate, weight: 1 }\n  - { model: broken, weight: 1 }\n",
+    );
+    endpoint(
+        "mirrored",
+        "kind: shadow\nprimary: { model: spam-fast }\nshadows:\n  - { endpoint: flaky, share: 1.0 }\ncompare: { output: label }\nlog: { sample: 1.0 }\n",
+    );
+    let opts = EngineOptions {
+        shadow: sluice_server::ShadowOptions { log_dir: Some(logs.path().to_path_buf()), ..Default::default() },
+        ..Default::default()
+    };
+    let jobs = JobsOptions { workers: 1, ..JobsOptions::new(state.path().to_path_buf()) };
+    let s = start_server(repo.path(), opts, ServerConfig { jobs: Some(jobs), ..Default::default() }).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+
+    let emails: Vec<String> =
+        std::fs::read_to_string(sluice_test_models::model_path("datasets/spamassassin/samples.jsonl"))
+            .unwrap()
+            .lines()
+            .take(40)
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                v["text"].as_str().or(v["subject"].as_str()).unwrap().to_string()
+            })
+            .collect();
+    for (i, text) in emails.iter().enumerate() {
+        let r = c
+            .post(format!("{base}/v2/models/mirrored/infer"))
+            .header("x-request-id", format!("req-{i}"))
+            .json(&body(text, json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the caller never sees the shadow's failures");
+        assert_eq!(r.headers()["sluice-model"], "spam-fast");
+        let a: Value = r.json().await.unwrap();
+        let direct = infer(&s, "spam-fast", &[], &body(text, json!({}))).await;
+        assert_eq!(a["model_name"], "mirrored");
+        assert_eq!(a["parameters"]["sluice_model"], "spam-fast");
+        assert_eq!(a["outputs"], direct["outputs"], "the primary's answer, unchanged");
+    }
+
+    // The copies run off the response path: wait for them.
+    let t0 = Instant::now();
+    let report = loop {
+        let r: Value = c.get(format!("{base}/v2/endpoints/mirrored")).send().await.unwrap().json().await.unwrap();
+        if r["shadows"][0]["completed"] == 40 {
+            break r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let shadow = &report["shadows"][0];
+    assert_eq!((report["kind"].clone(), report["requests"].clone()), (json!("shadow"), json!(40)), "{report}");
+    assert_eq!((shadow["requests"].clone(), shadow["dropped"].clone()), (json!(40), json!(0)), "{report}");
+    assert_eq!(shadow["primary_errors"], 0, "{report}");
+    let failed = shadow["shadow_errors"].as_u64().unwrap();
+    assert!((8..=32).contains(&failed), "about half of the copies fail: {report}");
+    assert!(shadow["last_shadow_error"].as_str().unwrap().contains("broken"), "{report}");
+    // Labels compared on the copies that spam-accurate answered: the two models mostly agree.
+    let cmp = &shadow["comparison"];
+    assert_eq!(cmp["compared_elements"], 40 - failed, "{report}");
+    let agreement = cmp["agreement"].as_f64().unwrap();
+    let [lo, hi] = [cmp["agreement_ci95"][0].as_f64().unwrap(), cmp["agreement_ci95"][1].as_f64().unwrap()];
+    assert!(agreement > 0.7 && lo <= agreement && agreement <= hi && hi <= 1.0, "{report}");
+    assert!(shadow["primary_latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(shadow["shadow_latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{report}");
+
+    // Every comparison was logged (sample 1.0), naming the request.
+    // (Written by a thread of its own, just after each copy is counted.)
+    let t0 = Instant::now();
+    let lines: Vec<Value> = loop {
+        let log = std::fs::read_to_string(logs.path().join("mirrored.jsonl")).unwrap_or_default();
+        if log.lines().count() >= 40 || t0.elapsed() > Duration::from_secs(10) {
+            break log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 40);
+    assert!(lines.iter().any(|l| l["request_id"] == "req-7"));
+    assert_eq!(lines.iter().filter(|l| l["candidate"]["error"].is_string()).count() as u64, failed);
+
+    // The split behind the shadow counts its targets; /metrics shows both policies' counters.
+    let metrics = c.get(format!("http://{}/metrics", s.metrics_addr)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_shadow_errors_total{{endpoint=\"mirrored\",shadow=\"endpoint:flaky\"}} {failed}"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_shadow_copies_total{endpoint=\"mirrored\",shadow=\"endpoint:flaky\"} 40"));
+    assert!(metrics.contains("sluice_endpoint_requests_total{endpoint=\"flaky\",target=\"broken\"}"));
+    let list: Value = c.get(format!("{base}/v2/endpoints")).send().await.unwrap().json().await.unwrap();
+    assert!(list.as_array().unwrap().iter().any(|e| e["name"] == "loop-a" && e["reason"].is_string()), "{list}");
+    s.shutdown().await;
+}
+
+/// Endpoints load, unload and reload through the repository API; a load checks the targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_load_and_unload_like_models() {
+    let (repo, state) = (repo(), tempfile::tempdir().unwrap());
+    let s = server(repo.path(), state.path()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+    let text = email();
+    let post = |path: String| c.post(format!("{base}{path}")).json(&json!({})).send();
+
+    assert_eq!(post("/v2/repository/models/router/unload".into()).await.unwrap().status(), 200);
+    let r = c.post(format!("{base}/v2/models/router/infer")).json(&body(&text, json!({}))).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("unloaded"));
+
+    // A new definition with a target that does not exist is refused, naming the file and field.
+    std::fs::write(
+        repo.path().join("router/endpoint.yaml"),
+        "kind: route\nrules:\n  - when: { header: x-canary, equals: '1' }\n    to: { model: spam-acurate }\ndefault: { model: spam-fast }\n",
+    )
+    .unwrap();
+    let r = post("/v2/repository/models/router/load".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e = r.text().await.unwrap();
+    assert!(e.contains("router/endpoint.yaml: rules[0].to: no model or endpoint named 'spam-acurate'"), "{e}");
+
+    // Targets whose inputs differ are refused.
+    add_model(repo.path(), "add_sub", 1, "add_sub.onnx", Some(ADD_SUB_CONFIG));
+    assert_eq!(post("/v2/repository/models/add_sub/load".into()).await.unwrap().status(), 200);
+    std::fs::write(
+        repo.path().join("router/endpoint.yaml"),
+        "kind: split\ntargets:\n  - { model: spam-fast, weight: 1 }\n  - { model: add_sub, weight: 1 }\n",
+    )
+    .unwrap();
+    let e = post("/v2/repository/models/router/load".into()).await.unwrap().text().await.unwrap();
+    assert!(e.contains("router/endpoint.yaml: targets[1]: 'add_sub' takes inputs [INPUT0 FP32, INPUT1 FP32]"), "{e}");
+
+    // Fixed, it loads and serves again.
+    std::fs::write(repo.path().join("router/endpoint.yaml"), "kind: route\nrules:\n  - when: { header: x-canary, equals: '1' }\n    to: { model: spam-accurate }\ndefault: { model: spam-fast }\n").unwrap();
+    assert_eq!(post("/v2/repository/models/router/load".into()).await.unwrap().status(), 200);
+    let a = infer(&s, "router", &[("x-canary", "1")], &body(&text, json!({}))).await;
+    assert_eq!(a["parameters"]["sluice_model"], "spam-accurate");
+    s.shutdown().await;
+}

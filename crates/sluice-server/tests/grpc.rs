@@ -71,7 +71,7 @@ impl Server {
             remotes: vec![],
         });
         repo.load_startup_models().await.unwrap();
-        let engine = Engine::new(repo);
+        let engine = Engine::new(repo, Default::default());
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

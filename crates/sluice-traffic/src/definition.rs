@@ -4,6 +4,7 @@
 //! their inputs agree, is checked when the endpoint is loaded beside the models.
 
 use serde_yaml::{Mapping, Value};
+use sluice_types::api::{ModelMetadata, TensorMetadata};
 
 use crate::rules::{Condition, Size, Test};
 
@@ -51,14 +52,93 @@ pub enum Definition {
 impl Definition {
     /// Every endpoint or model it sends traffic to (for cycle and existence checks).
     pub fn targets(&self) -> Vec<&Target> {
+        self.targets_at().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// [`Definition::targets`] with the field each is declared at (`rules[1].to`), for errors.
+    pub fn targets_at(&self) -> Vec<(String, &Target)> {
         match self {
-            Definition::Route { rules, default } => rules.iter().map(|r| &r.to).chain(default).collect(),
-            Definition::Cascade { stages } => stages.iter().map(|s| &s.target).collect(),
-            Definition::Split { targets, .. } => targets.iter().map(|(t, _)| t).collect(),
-            Definition::Shadow { primary, shadows, .. } => {
-                std::iter::once(primary).chain(shadows.iter().map(|s| &s.target)).collect()
+            Definition::Route { rules, default } => rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("rules[{i}].to"), &r.to))
+                .chain(default.iter().map(|d| ("default".to_string(), d)))
+                .collect(),
+            Definition::Cascade { stages } => {
+                stages.iter().enumerate().map(|(i, s)| (format!("stages[{i}]"), &s.target)).collect()
+            }
+            Definition::Split { targets, .. } => {
+                targets.iter().enumerate().map(|(i, (t, _))| (format!("targets[{i}]"), t)).collect()
+            }
+            Definition::Shadow { primary, shadows, .. } => std::iter::once(("primary".to_string(), primary))
+                .chain(shadows.iter().enumerate().map(|(i, s)| (format!("shadows[{i}]"), &s.target)))
+                .collect(),
+        }
+    }
+
+    /// Checks that the targets whose metadata are known (`meta`: `None` while a target is not
+    /// loaded) take the same inputs, that outputs of one name agree in type, and that the outputs
+    /// a cascade reads its confidence from, or a shadow compares, exist. Errors name the file and
+    /// the field.
+    pub fn check_signatures(&self, file: &str, meta: impl Fn(&Target) -> Option<ModelMetadata>) -> Result<(), String> {
+        let known: Vec<(String, ModelMetadata)> =
+            self.targets_at().into_iter().filter_map(|(path, t)| meta(t).map(|m| (path, m))).collect();
+        let signature = |ts: &[TensorMetadata]| {
+            let mut v: Vec<(String, String)> = ts.iter().map(|t| (t.name.clone(), t.datatype.clone())).collect();
+            v.sort();
+            v
+        };
+        let show = |v: &[(String, String)]| v.iter().map(|(n, d)| format!("{n} {d}")).collect::<Vec<_>>().join(", ");
+        if let Some((first_path, first)) = known.first() {
+            let want = signature(&first.inputs);
+            for (path, m) in &known[1..] {
+                let got = signature(&m.inputs);
+                if got != want {
+                    return Err(format!(
+                        "{file}: {path}: '{}' takes inputs [{}] but {first_path} ('{}') takes [{}]; the targets of an endpoint must take the same inputs",
+                        m.name,
+                        show(&got),
+                        first.name,
+                        show(&want)
+                    ));
+                }
+                for o in &m.outputs {
+                    if let Some(f) = first.outputs.iter().find(|f| f.name == o.name && f.datatype != o.datatype) {
+                        return Err(format!(
+                            "{file}: {path}: output '{}' of '{}' is {} but {first_path} ('{}') gives {}",
+                            o.name, m.name, o.datatype, first.name, f.datatype
+                        ));
+                    }
+                }
             }
         }
+        let needs = |path: &str, output: &str, what: &str| -> Result<(), String> {
+            match known.iter().find(|(p, _)| p == path) {
+                Some((_, m)) if !m.outputs.iter().any(|o| o.name == output) => Err(format!(
+                    "{file}: {path}: {what} output '{output}', which '{}' does not have (it has: {})",
+                    m.name,
+                    m.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+                _ => Ok(()),
+            }
+        };
+        match self {
+            Definition::Cascade { stages } => {
+                for (i, s) in stages.iter().enumerate() {
+                    if let Some((output, _)) = &s.confidence {
+                        needs(&format!("stages[{i}]"), output, "confidence is read from")?;
+                    }
+                }
+            }
+            Definition::Shadow { compare: Some(output), shadows, .. } => {
+                needs("primary", output, "compare names")?;
+                for i in 0..shadows.len() {
+                    needs(&format!("shadows[{i}]"), output, "compare names")?;
+                }
+            }
+            Definition::Route { .. } | Definition::Split { .. } | Definition::Shadow { compare: None, .. } => {}
+        }
+        Ok(())
     }
 }
 
@@ -420,6 +500,46 @@ default: { model: spam-accurate }
 
         let nested = "kind: split\ntargets:\n  - { endpoint: spam-router, weight: 1 }\n";
         assert_eq!(parse("n.yaml", nested).unwrap().targets(), vec![&Target::Endpoint("spam-router".into())]);
+    }
+
+    fn meta(name: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> ModelMetadata {
+        let t = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(n, d)| TensorMetadata { name: n.to_string(), datatype: d.to_string(), shape: vec![-1] })
+                .collect()
+        };
+        ModelMetadata { name: name.into(), inputs: t(inputs), outputs: t(outputs), ..Default::default() }
+    }
+
+    #[test]
+    fn targets_must_take_the_same_inputs_and_have_the_outputs_named() {
+        let text = meta("fast", &[("TEXT", "BYTES")], &[("label", "INT64"), ("probabilities", "FP32")]);
+        let ids = meta("ids", &[("input_ids", "INT64")], &[("label", "INT64")]);
+        let c = parse(
+            "c.yaml",
+            "kind: cascade\nstages:\n  - model: fast\n    confidence: { output: probs }\n    threshold: 0.8\n  - model: ids\n",
+        )
+        .unwrap();
+        let lookup = |m: &[ModelMetadata]| {
+            let m = m.to_vec();
+            move |t: &Target| match t {
+                Target::Model { name, .. } => m.iter().find(|x| &x.name == name).cloned(),
+                Target::Endpoint(_) => None,
+            }
+        };
+        let e = c.check_signatures("c.yaml", lookup(&[text.clone(), ids])).unwrap_err();
+        assert!(e.starts_with("c.yaml: stages[1]: 'ids' takes inputs [input_ids INT64]"), "{e}");
+        // A target not loaded yet is not held against the endpoint.
+        let e = c.check_signatures("c.yaml", lookup(std::slice::from_ref(&text))).unwrap_err();
+        assert!(e.contains("stages[0]: confidence is read from output 'probs', which 'fast' does not have"), "{e}");
+        let other = meta("ids", &[("TEXT", "BYTES")], &[("label", "FP32")]);
+        let s =
+            parse("s.yaml", "kind: split\ntargets:\n  - { model: fast, weight: 1 }\n  - { model: ids, weight: 1 }\n")
+                .unwrap();
+        let e = s.check_signatures("s.yaml", lookup(&[text.clone(), other])).unwrap_err();
+        assert!(e.contains("targets[1]: output 'label' of 'ids' is FP32"), "{e}");
+        let same = meta("ids", &[("TEXT", "BYTES")], &[("label", "INT64")]);
+        assert!(s.check_signatures("s.yaml", lookup(&[text, same])).is_ok());
     }
 
     #[test]

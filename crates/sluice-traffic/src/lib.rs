@@ -1,17 +1,44 @@
 //! Traffic between models: endpoints that are policies over other endpoints (route, cascade,
-//! split, shadow, …). This crate knows nothing of HTTP or of how a model runs; it sees requests
-//! through [`sluice_types::InferRequest`] and a [`sluice_types::RequestContext`].
+//! split, shadow). This crate knows nothing of HTTP or of how a model runs; it sees requests
+//! through [`sluice_types::InferRequest`] and a [`sluice_types::RequestContext`], and its targets
+//! through a [`sluice_types::Resolver`].
 //!
 //! - [`definition`]: `endpoint.yaml` read into a checked [`definition::Definition`];
-//! - [`policy`]: route, cascade and split as endpoints over a [`sluice_types::Resolver`];
+//! - [`policy`]: route, cascade and split as endpoints; [`shadow`]: the shadow endpoint, its
+//!   bounded copy queue, statistics and comparison log; [`build`] makes the right one;
 //! - their decisions, pure functions unit-tested without threads or sockets: whether a rule's
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
-//!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]).
-//!
-//! The model repository does not load endpoints yet; the shadow endpoint is still to come.
+//!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
+//!   shadow's answers compare with the primary's ([`compare`]).
+
+use std::sync::{Arc, Weak};
+
+use sluice_types::{Endpoint, Resolver, ServeError};
 
 pub mod cascade;
+pub mod compare;
 pub mod definition;
 pub mod policy;
 pub mod rules;
+pub mod shadow;
 pub mod split;
+
+use definition::Definition;
+pub use shadow::ShadowOptions;
+
+/// The endpoint `definition` declares, finding its targets through `resolver`.
+pub fn build(
+    name: &str,
+    definition: Definition,
+    resolver: Weak<dyn Resolver>,
+    shadow: &ShadowOptions,
+) -> Result<Arc<dyn Endpoint>, ServeError> {
+    Ok(match definition {
+        Definition::Shadow { primary, shadows, compare, log_sample } => {
+            Arc::new(shadow::ShadowEndpoint::new(name, primary, shadows, compare, log_sample, resolver, shadow.clone()))
+        }
+        d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
+            Arc::new(policy::Policy::new(name, d, resolver)?)
+        }
+    })
+}

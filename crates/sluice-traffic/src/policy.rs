@@ -3,17 +3,18 @@
 //! under its own name, and says in the response's parameters what answered: `sluice_model`,
 //! `sluice_model_version`, and `sluice_rule` (route) or `sluice_stage` (cascade).
 //!
-//! Shadow copies need a queue and statistics of their own; they come with the shadow endpoint.
+//! Shadow copies need a queue and statistics of their own: see [`crate::shadow`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sluice_types::api::{ModelMetadata, ModelStatistics};
 use sluice_types::generation::{GenerateRequest, TokenStream};
 use sluice_types::{
     Answer, DataType, Endpoint, InferRequest, ModelConfig, RequestContext, RequestedOutput, Resolver, ServeError,
-    TensorData,
+    TensorData, TrafficCounter,
 };
 
 use crate::cascade;
@@ -27,31 +28,48 @@ pub struct Policy {
     resolver: Weak<dyn Resolver>,
     /// A split's targets as the assignment hashes them (a stable name each) with their weights.
     split_keys: Vec<(String, f64)>,
+    /// Requests sent to each of `definition.targets()`, in that order.
+    sent: Vec<AtomicU64>,
+    /// Requests each cascade stage passed on to the next.
+    escalated: Vec<AtomicU64>,
 }
 
 impl Policy {
-    /// A policy over `definition`'s targets. Shadow definitions are refused until the shadow
-    /// endpoint exists.
+    /// A route, cascade or split over `definition`'s targets (a shadow is a
+    /// [`crate::shadow::ShadowEndpoint`]).
     pub fn new(name: &str, definition: Definition, resolver: Weak<dyn Resolver>) -> Result<Policy, ServeError> {
         if let Definition::Shadow { .. } = definition {
-            return Err(ServeError::Unsupported(format!("endpoint '{name}': kind 'shadow' is not served yet")));
+            return Err(ServeError::Internal(format!("endpoint '{name}': a shadow is not a Policy")));
         }
         let split_keys = match &definition {
-            Definition::Split { targets, .. } => targets.iter().map(|(t, w)| (key(t), *w)).collect(),
+            Definition::Split { targets, .. } => targets.iter().map(|(t, w)| (target_key(t), *w)).collect(),
             Definition::Route { .. } | Definition::Cascade { .. } | Definition::Shadow { .. } => Vec::new(),
         };
-        Ok(Policy { name: name.to_string(), definition, resolver, split_keys })
-    }
-
-    fn resolver(&self) -> Result<Arc<dyn Resolver>, ServeError> {
-        self.resolver.upgrade().ok_or_else(|| ServeError::Unavailable("the server is shutting down".into()))
+        let sent = definition.targets().iter().map(|_| AtomicU64::new(0)).collect();
+        let escalated = match &definition {
+            Definition::Cascade { stages } => stages.iter().map(|_| AtomicU64::new(0)).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Policy { name: name.to_string(), definition, resolver, split_keys, sent, escalated })
     }
 
     fn resolve(&self, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
-        let r = self.resolver()?;
-        match t {
-            Target::Model { name, version } => r.resolve(name, version.as_deref()),
-            Target::Endpoint(name) => r.resolve(name, None),
+        resolve_target(&self.resolver, t)
+    }
+
+    /// Counts a request sent to `t` (one of `definition.targets()`).
+    fn count(&self, t: &Target) {
+        if let Some(i) = self.definition.targets().iter().position(|x| std::ptr::eq(*x, t)) {
+            self.sent[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.definition {
+            Definition::Route { .. } => "route",
+            Definition::Cascade { .. } => "cascade",
+            Definition::Split { .. } => "split",
+            Definition::Shadow { .. } => "shadow",
         }
     }
 
@@ -116,6 +134,7 @@ impl Policy {
                 }
                 _ => false,
             };
+            self.count(&stage.target);
             let mut answer = self.resolve(&stage.target)?.infer(ctx, stage_req).await?;
             let confident = match (&stage.confidence, last) {
                 (_, true) | (None, _) => true,
@@ -129,25 +148,37 @@ impl Policy {
                     let output = &stage.confidence.as_ref().map(|c| c.0.clone()).unwrap_or_default();
                     answer.response.outputs.retain(|t| &t.name != output);
                 }
-                let mut answer = self.tag(answer);
+                let mut answer = tag(&self.name, answer);
                 answer.response.parameters.insert("sluice_stage".into(), i.into());
                 return Ok(answer);
             }
+            self.escalated[i].fetch_add(1, Ordering::Relaxed);
         }
         Err(ServeError::Internal(format!("endpoint '{}': the cascade's last stage did not answer", self.name)))
     }
+}
 
-    /// The answer under the endpoint's name, saying what answered.
-    fn tag(&self, mut answer: Answer) -> Answer {
-        let r = &mut answer.response;
-        r.parameters.insert("sluice_model".into(), std::mem::replace(&mut r.model_name, self.name.clone()).into());
-        r.parameters.insert("sluice_model_version".into(), std::mem::take(&mut r.model_version).into());
-        answer
+/// The answer under the endpoint's name, saying what answered.
+pub(crate) fn tag(endpoint: &str, mut answer: Answer) -> Answer {
+    let r = &mut answer.response;
+    r.parameters.insert("sluice_model".into(), std::mem::replace(&mut r.model_name, endpoint.to_string()).into());
+    r.parameters.insert("sluice_model_version".into(), std::mem::take(&mut r.model_version).into());
+    answer
+}
+
+/// The endpoint serving a target, through the resolver a policy holds weakly (the resolver, the
+/// engine, holds the policy).
+pub(crate) fn resolve_target(resolver: &Weak<dyn Resolver>, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
+    let r = resolver.upgrade().ok_or_else(|| ServeError::Unavailable("the server is shutting down".into()))?;
+    match t {
+        Target::Model { name, version } => r.resolve(name, version.as_deref()),
+        Target::Endpoint(name) => r.resolve(name, None),
     }
 }
 
-/// A target's stable name (what a split hashes with the unit).
-fn key(t: &Target) -> String {
+/// A target's stable name: what a split hashes with the unit, and how reports and metrics name it
+/// (`model`, `model:version`, `endpoint:name`).
+pub fn target_key(t: &Target) -> String {
     match t {
         Target::Model { name, version: Some(v) } => format!("{name}:{v}"),
         Target::Model { name, version: None } => name.clone(),
@@ -195,11 +226,16 @@ impl Endpoint for Policy {
         self.definition.targets().iter().all(|t| self.resolve(t).is_ok_and(|e| e.ready()))
     }
 
+    /// The representative target's inputs, and the outputs every ready target gives.
     fn metadata(&self) -> ModelMetadata {
         let mut m = match self.resolve(self.representative()) {
             Ok(e) => e.metadata(),
             Err(_) => ModelMetadata::default(),
         };
+        for e in self.definition.targets().into_iter().filter_map(|t| self.resolve(t).ok()).filter(|e| e.ready()) {
+            let theirs = e.metadata().outputs;
+            m.outputs.retain(|o| theirs.iter().any(|x| x.name == o.name));
+        }
         m.name = self.name.clone();
         m.versions = vec!["1".into()];
         m.platform = "sluice_endpoint".into();
@@ -239,8 +275,9 @@ impl Endpoint for Policy {
         let Some((target, rule)) = self.pick(ctx, &request)? else {
             return Err(ServeError::Unsupported(format!("endpoint '{}' cannot answer this", self.name)));
         };
+        self.count(target);
         let answer = self.resolve(target)?.infer(ctx, request).await?;
-        let mut answer = self.tag(answer);
+        let mut answer = tag(&self.name, answer);
         if let Some(i) = rule {
             answer.response.parameters.insert("sluice_rule".into(), i.into());
         }
@@ -256,12 +293,56 @@ impl Endpoint for Policy {
     /// headers; it has no V2 parameters or inputs).
     fn generate(&self, ctx: &RequestContext, request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
         match self.pick(ctx, &InferRequest::default())? {
-            Some((target, _)) => self.resolve(target)?.generate(ctx, request),
+            Some((target, _)) => {
+                self.count(target);
+                self.resolve(target)?.generate(ctx, request)
+            }
             None => Err(ServeError::Unsupported(format!(
                 "endpoint '{}' is a cascade: it answers infer requests, not generations",
                 self.name
             ))),
         }
+    }
+    fn traffic_report(&self) -> Option<Value> {
+        let targets: Vec<Value> = self
+            .definition
+            .targets()
+            .iter()
+            .zip(&self.sent)
+            .map(|(t, n)| {
+                json!({
+                    "target": target_key(t),
+                    "ready": self.resolve(t).is_ok_and(|e| e.ready()),
+                    "requests": n.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let mut report = json!({ "name": self.name, "kind": self.kind(), "ready": self.ready(), "targets": targets });
+        if !self.escalated.is_empty() {
+            report["escalated"] = self.escalated.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        }
+        Some(report)
+    }
+
+    fn counters(&self) -> Vec<TrafficCounter> {
+        // A target named twice (two rules to one model) is one series.
+        let mut out: Vec<TrafficCounter> = Vec::new();
+        for (t, n) in self.definition.targets().iter().zip(&self.sent) {
+            let c = TrafficCounter::requests(&self.name, &target_key(t), n.load(Ordering::Relaxed));
+            match out.iter_mut().find(|o| o.labels == c.labels) {
+                Some(o) => o.value += c.value,
+                None => out.push(c),
+            }
+        }
+        for (i, n) in self.escalated.iter().enumerate().take(self.escalated.len().saturating_sub(1)) {
+            out.push(TrafficCounter {
+                metric: "sluice_cascade_escalations_total",
+                help: "Requests a cascade stage was not confident enough to answer",
+                labels: vec![("endpoint", self.name.clone()), ("stage", i.to_string())],
+                value: n.load(Ordering::Relaxed),
+            });
+        }
+        out
     }
 }
 

@@ -128,6 +128,38 @@ pub trait Endpoint: Send + Sync {
     fn generate(&self, _ctx: &RequestContext, _request: GenerateRequest) -> Result<Box<dyn TokenStream>, ServeError> {
         Err(ServeError::invalid(format!("model '{}' is not a generative model; use its infer endpoint", self.name())))
     }
+
+    /// A traffic policy's state for `GET /v2/endpoints/{name}` (its kind, targets and what it
+    /// has counted); `None` for a model version.
+    fn traffic_report(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// A traffic policy's counters for `/metrics`.
+    fn counters(&self) -> Vec<TrafficCounter> {
+        Vec::new()
+    }
+}
+
+/// One counter a traffic policy keeps, as `/metrics` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficCounter {
+    pub metric: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
+}
+
+impl TrafficCounter {
+    /// Requests an endpoint sent to one of its targets.
+    pub fn requests(endpoint: &str, target: &str, value: u64) -> TrafficCounter {
+        TrafficCounter {
+            metric: "sluice_endpoint_requests_total",
+            help: "Requests an endpoint sent to each of its targets",
+            labels: vec![("endpoint", endpoint.to_string()), ("target", target.to_string())],
+            value,
+        }
+    }
 }
 
 /// Finds the endpoint for a served name: what edges and job workers hold instead of an engine.

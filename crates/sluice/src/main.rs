@@ -1,6 +1,7 @@
 //! `sluice`: the command line of the Sluice model server, and its client.
 
 mod client;
+mod endpoints;
 mod generate;
 mod infer;
 mod jobs;
@@ -59,6 +60,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Submit asynchronous jobs to a running server, and follow, wait for, cancel or list them.
     Jobs(jobs::JobsArgs),
+    /// List the endpoints (endpoint.yaml) of a running server, or show one: its targets and
+    /// what it counted (a shadow's agreement, errors, drops and latencies).
+    Endpoints(endpoints::EndpointsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +157,16 @@ struct EngineArgs {
     /// Queued input bytes a model version may hold before answering 429 (0 = no limit).
     #[arg(long, env = "SLUICE_MAX_QUEUE_BYTES", default_value_t = 256 << 20)]
     max_queue_bytes: usize,
+    /// Shadow copies an endpoint holds waiting before it drops new ones (counted as dropped).
+    #[arg(long, env = "SLUICE_SHADOW_QUEUE_SIZE", default_value_t = 256)]
+    shadow_queue_size: usize,
+    /// Shadow copies an endpoint runs at once.
+    #[arg(long, env = "SLUICE_SHADOW_CONCURRENCY", default_value_t = 4)]
+    shadow_concurrency: usize,
+    /// Where shadow endpoints write their sampled comparisons, `<endpoint>.jsonl`
+    /// (default $SLUICE_HOME/shadow).
+    #[arg(long, env = "SLUICE_SHADOW_LOG_DIR")]
+    shadow_log_dir: Option<PathBuf>,
 }
 
 /// Where jobs live and how webhooks go.
@@ -205,6 +219,12 @@ impl EngineArgs {
             queue_max_bytes: self.max_queue_bytes,
             poll_interval: Duration::from_secs(self.repository_poll_secs.max(1)),
             model_cache_dir: self.model_cache_dir,
+            shadow: sluice_server::ShadowOptions {
+                queue: self.shadow_queue_size,
+                concurrency: self.shadow_concurrency,
+                log_dir: Some(self.shadow_log_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("shadow"))),
+                ..Default::default()
+            },
         }
     }
 }
@@ -243,6 +263,7 @@ fn main() -> ExitCode {
         Command::Infer(args) => client::finish(rt.block_on(infer::run(args))),
         Command::Generate(args) => client::finish(rt.block_on(generate::run(args))),
         Command::Jobs(args) => client::finish(rt.block_on(jobs::run(args))),
+        Command::Endpoints(args) => client::finish(rt.block_on(endpoints::run(args))),
     }
 }
 

@@ -103,6 +103,8 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/models/{model}/versions/{version}/jobs", post(jobs::submit_v))
         .route("/v2/jobs", get(jobs::list_jobs))
         .route("/v2/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/v2/endpoints", get(endpoints_list))
+        .route("/v2/endpoints/{name}", get(endpoint_status))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
@@ -220,6 +222,32 @@ async fn all_stats(State(s): State<AppState>) -> HttpResult<Response> {
     stats(&s, None, None)
 }
 
+/// Every endpoint declared in the repositories: its report, or why it is not served.
+async fn endpoints_list(State(s): State<AppState>) -> Response {
+    let list: Vec<serde_json::Value> = s
+        .engine
+        .endpoint_reports()
+        .into_iter()
+        .map(|(name, r)| match r {
+            Ok(report) => report,
+            Err(why) => serde_json::json!({ "name": name, "ready": false, "reason": why }),
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// One endpoint's report: kind, targets, what it counted (for a shadow: agreement, errors,
+/// drops and latencies of each side).
+async fn endpoint_status(State(s): State<AppState>, Path(name): Path<String>) -> HttpResult<Response> {
+    match s.engine.endpoint_reports().into_iter().find(|(n, _)| *n == name) {
+        Some((_, Ok(report))) => Ok(axum::Json(report).into_response()),
+        Some((_, Err(why))) => {
+            Ok(axum::Json(serde_json::json!({ "name": name, "ready": false, "reason": why })).into_response())
+        }
+        None => Err(ServeError::NotFound(format!("no endpoint named '{name}'")).into()),
+    }
+}
+
 async fn model_stats(State(s): State<AppState>, Path(model): Path<String>) -> HttpResult<Response> {
     stats(&s, Some(&model), None)
 }
@@ -313,6 +341,18 @@ async fn run_infer(
         None => {
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+    }
+    // What answered: the model behind an endpoint, else the model asked for.
+    let params = &answer.response.parameters;
+    let (answered, answered_version) = match (params.get("sluice_model"), params.get("sluice_model_version")) {
+        (Some(serde_json::Value::String(m)), v) => (m.as_str(), v.and_then(|v| v.as_str()).unwrap_or_default()),
+        _ => (answer.response.model_name.as_str(), answer.response.model_version.as_str()),
+    };
+    if let Ok(v) = HeaderValue::from_str(answered) {
+        h.insert("sluice-model", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(answered_version) {
+        h.insert("sluice-model-version", v);
     }
     h.insert("sluice-queue-time-us", HeaderValue::from(answer.timings.queue_ns / 1000));
     let compute = answer.timings.compute_input_ns + answer.timings.compute_infer_ns + answer.timings.compute_output_ns;

@@ -1,0 +1,244 @@
+//! Endpoints declared by `<repo>/<name>/endpoint.yaml`, as the engine keeps them: read at start
+//! (all of them, or in explicit mode the `--load-model` ones), loaded and unloaded through the
+//! repository API like models, and in poll mode re-read when their file changes or goes away.
+//!
+//! A load checks what a file alone cannot: that every target exists, that endpoints do not call
+//! each other in a cycle, and that the targets loaded now take the same inputs (and have the
+//! outputs a cascade or shadow reads). A definition that fails stays listed with its reason, and
+//! an endpoint already serving keeps serving when its new definition fails.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use sluice_traffic::definition::{Definition, Target};
+use sluice_types::api::ModelMetadata;
+use sluice_types::{Endpoint, Resolver, ServeError};
+
+use crate::engine::Engine;
+
+/// One `endpoint.yaml` as last read.
+#[derive(Clone)]
+pub(crate) struct Declared {
+    /// The file's text: a poll re-reads only what changed.
+    text: String,
+    definition: Option<Definition>,
+    /// The endpoint, or why it is not served (`unloaded`, or the load error).
+    pub(crate) served: Served,
+}
+
+/// An endpoint, or why it is not served.
+pub(crate) type Served = Result<Arc<dyn Endpoint>, String>;
+
+pub(crate) type EndpointTable = BTreeMap<String, Declared>;
+
+/// What an endpoint load or poll is asked to do.
+#[derive(Clone, Copy, PartialEq)]
+enum Reread {
+    /// Read the named files again even when unchanged (an explicit load).
+    Always,
+    /// Only files whose text changed or whose last load failed (a poll).
+    Changed,
+}
+
+impl Engine {
+    /// Reads the endpoints to serve at start: every one, or in explicit mode those named by
+    /// `--load-model`.
+    pub fn load_endpoints(&self) {
+        let opts = self.repository().options();
+        let mut names: Vec<String> =
+            sluice_repository::scan_endpoints(&opts.roots).into_iter().map(|(name, _)| name).collect();
+        if opts.control_mode == sluice_repository::ControlMode::Explicit {
+            names.retain(|n| opts.startup_models.contains(n) || opts.startup_models.iter().any(|m| m == "*"));
+        }
+        self.reread_endpoints(&names, Reread::Always);
+    }
+
+    /// Poll mode: new and changed definitions are read, removed ones are no longer served.
+    pub fn poll_endpoints(&self) {
+        let names: Vec<String> = sluice_repository::scan_endpoints(&self.repository().options().roots)
+            .into_iter()
+            .map(|(name, _)| name)
+            .chain(self.endpoints.read().keys().cloned())
+            .collect();
+        self.reread_endpoints(&names, Reread::Changed);
+    }
+
+    /// True when `name` is an endpoint directory of a repository.
+    pub(crate) fn is_endpoint_dir(&self, name: &str) -> bool {
+        sluice_repository::scan_endpoints(&self.repository().options().roots).iter().any(|(n, _)| n == name)
+    }
+
+    /// Loads (or reloads) one endpoint; its load error is the answer's.
+    pub(crate) fn load_endpoint(&self, name: &str) -> Result<(), ServeError> {
+        if let Some(why) = self.reread_endpoints(&[name.to_string()], Reread::Always).remove(name) {
+            return Err(ServeError::invalid(format!("failed to load '{name}': {why}")));
+        }
+        match self.endpoints.read().get(name) {
+            Some(_) => Ok(()),
+            None => Err(ServeError::model_not_found(name, None)),
+        }
+    }
+
+    /// Stops serving an endpoint; it stays listed as unloaded.
+    pub(crate) fn unload_endpoint(&self, name: &str) -> bool {
+        let _serial = self.endpoint_loads.lock();
+        let mut table = self.endpoints.write();
+        match table.get_mut(name) {
+            Some(d) => {
+                d.served = Err("unloaded".into());
+                tracing::info!(endpoint = %name, "endpoint unloaded");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reads `names` again; returns the load errors by name (an endpoint that was serving keeps
+    /// serving through them).
+    fn reread_endpoints(&self, names: &[String], how: Reread) -> BTreeMap<String, String> {
+        // Loads are rare and short; one at a time keeps each read-modify-write whole.
+        let _serial = self.endpoint_loads.lock();
+        let found: BTreeMap<String, std::path::PathBuf> =
+            sluice_repository::scan_endpoints(&self.repository().options().roots).into_iter().collect();
+        let mut table = self.endpoints.read().clone();
+        let mut changed = Vec::new();
+        let mut errors = BTreeMap::new();
+        for name in names {
+            let Some(file) = found.get(name) else {
+                if table.remove(name).is_some() {
+                    tracing::info!(endpoint = %name, "endpoint removed from the repository");
+                }
+                continue;
+            };
+            let shown = format!("{name}/{}", sluice_repository::ENDPOINT_FILE);
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let old = table.get(name);
+            let unchanged = old.is_some_and(|d| {
+                d.text == text && (d.served.is_ok() || d.served.as_ref().is_err_and(|e| e == "unloaded"))
+            });
+            if how == Reread::Changed && unchanged {
+                continue;
+            }
+            match sluice_traffic::definition::parse(&shown, &text) {
+                Ok(def) => {
+                    table.insert(name.clone(), Declared { text, definition: Some(def), served: Err("loading".into()) });
+                    changed.push(name.clone());
+                }
+                // An endpoint that serves keeps serving through a bad edit.
+                Err(e) if old.is_some_and(|d| d.served.is_ok()) => {
+                    tracing::error!(endpoint = %name, error = %e, "new definition refused; the old one keeps serving");
+                    errors.insert(name.clone(), e);
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %name, error = %e, "endpoint failed to load");
+                    table.insert(name.clone(), Declared { text, definition: None, served: Err(e.clone()) });
+                    errors.insert(name.clone(), e);
+                }
+            }
+        }
+        for name in &changed {
+            let Some(def) = table.get(name).and_then(|d| d.definition.clone()) else { continue };
+            let shown = format!("{name}/{}", sluice_repository::ENDPOINT_FILE);
+            let served = self.build_endpoint(name, &shown, def, &table);
+            match &served {
+                Ok(_) => tracing::info!(endpoint = %name, "endpoint loaded"),
+                Err(why) => {
+                    tracing::error!(endpoint = %name, error = %why, "endpoint failed to load");
+                    errors.insert(name.clone(), why.clone());
+                }
+            }
+            let serving = self.endpoints.read().get(name).filter(|d| d.served.is_ok()).cloned();
+            match (served, serving) {
+                (Err(_), Some(old)) => {
+                    table.insert(name.clone(), old);
+                }
+                (served, _) => {
+                    if let Some(d) = table.get_mut(name) {
+                        d.served = served;
+                    }
+                }
+            }
+        }
+        *self.endpoints.write() = table;
+        errors
+    }
+
+    /// Checks a parsed definition against the models and the other endpoints, and makes it.
+    fn build_endpoint(
+        &self,
+        name: &str,
+        shown: &str,
+        def: Definition,
+        table: &EndpointTable,
+    ) -> Result<Arc<dyn Endpoint>, String> {
+        let defs: BTreeMap<String, Definition> =
+            table.iter().filter_map(|(n, d)| Some((n.clone(), d.definition.clone()?))).collect();
+        if let Some(cycle) = cycle_from(name, &defs) {
+            return Err(format!("{shown}: endpoints call each other in a cycle: {cycle}"));
+        }
+        for (path, t) in def.targets_at() {
+            match t {
+                Target::Model { name: m, version } if table.contains_key(m) => {
+                    if let Some(v) = version {
+                        return Err(format!("{shown}: {path}: '{m}' is an endpoint, which has no version {v}"));
+                    }
+                }
+                Target::Model { name: m, .. } => {
+                    if !self.repository().is_known(m) {
+                        return Err(format!("{shown}: {path}: no model or endpoint named '{m}' in the repository"));
+                    }
+                }
+                Target::Endpoint(e) => {
+                    if !table.contains_key(e) {
+                        return Err(format!("{shown}: {path}: no endpoint named '{e}' in the repository"));
+                    }
+                }
+            }
+        }
+        def.check_signatures(shown, |t| self.target_metadata(t, table))?;
+        let resolver: Weak<dyn Resolver> = self.me.clone();
+        sluice_traffic::build(name, def, resolver, &self.shadow).map_err(|e| e.to_string())
+    }
+
+    /// A target's metadata when it is ready now (a target still loading is checked at its turn).
+    fn target_metadata(&self, t: &Target, table: &EndpointTable) -> Option<ModelMetadata> {
+        let endpoint = match t {
+            Target::Model { name, version: None } | Target::Endpoint(name) if table.contains_key(name) => {
+                table[name].served.as_ref().ok().cloned()?
+            }
+            Target::Model { name, version } => self.resolve_model(name, version.as_deref()).ok()?,
+            Target::Endpoint(_) => return None,
+        };
+        endpoint.ready().then(|| endpoint.metadata())
+    }
+}
+
+/// The chain of endpoint names that leads from `start` back to itself, if any.
+pub(crate) fn cycle_from(start: &str, defs: &BTreeMap<String, Definition>) -> Option<String> {
+    fn walk<'a>(at: &'a str, start: &str, defs: &'a BTreeMap<String, Definition>, path: &mut Vec<&'a str>) -> bool {
+        let Some(def) = defs.get(at) else { return false };
+        for t in def.targets() {
+            let next = match t {
+                Target::Endpoint(n) => n.as_str(),
+                // A model target named like an endpoint resolves to the endpoint too.
+                Target::Model { name, version: None } => name.as_str(),
+                Target::Model { .. } => continue,
+            };
+            if next == start {
+                path.push(next);
+                return true;
+            }
+            if path.contains(&next) {
+                continue;
+            }
+            path.push(next);
+            if walk(next, start, defs, path) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start];
+    walk(start, start, defs, &mut path).then(|| path.join(" -> "))
+}
