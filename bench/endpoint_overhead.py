@@ -16,6 +16,12 @@ bench/transport.py at one concurrency:
     stops with "failed to find the requested model version". The script probes perf_analyzer on
     the endpoint once and records what it said; `--grpc-client perf_analyzer` uses it anyway.
 
+Beside throughput, the server's own CPU time per request: the sluice process's user + system
+time (/proc/PID/stat) over the cell divided by the inferences add_sub counted
+(/v2/models/add_sub/stats), warmup included on both sides. On a machine shared with other work
+this moves far less than throughput does, since another process taking the cores slows the
+server without making each of its requests cost more CPU (much).
+
 Each round runs every mode against both names; which name goes first alternates by round and by
 mode, so machine noise hits both. The table reports, per mode, medians over rounds, the ratio
 split / direct as the median of per-round ratios (with its spread), and the ratio of medians.
@@ -23,7 +29,7 @@ Target: less than 5 % throughput lost through the endpoint.
 
 Usage:
     cargo build --release -p sluice -p spam-bench
-    .venv/bin/python bench/endpoint_overhead.py [--seconds 5] [--rounds 7] [--concurrency 8]
+    .venv/bin/python bench/endpoint_overhead.py [--seconds 3] [--rounds 11] [--concurrency 8]
                                                 [--modes http-json,http-binary,grpc] [--json OUT]
 Needs `wrk` and perf_analyzer (scripts/setup.sh installs both).
 """
@@ -91,6 +97,20 @@ def probe_perf_analyzer(gp: int, tmp: Path) -> str:
         return f"fails: {last[-1] if last else e}"
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def inferences(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{DIRECT}/stats", timeout=10) as r:
+        return sum(int(m["inference_count"]) for m in json.load(r)["model_stats"])
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -104,8 +124,8 @@ def spread(values: list[float]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--modes", default="http-json,http-binary,grpc")
     ap.add_argument("--sluice-bin", type=Path, default=ROOT / "target/release/sluice")
@@ -151,6 +171,7 @@ def main() -> int:
                     orders.append({"round": r, "mode": mode, "order": names})
                     for name in names:
                         load = loadavg()
+                        cpu0, n0 = cpu_seconds(proc.pid), inferences(hp)
                         if mode == "grpc" and args.grpc_client == "spam-bench":
                             res = run_tonic(args.spam_bench, hp, gp, name, args.concurrency, args.seconds)
                         elif mode == "grpc":
@@ -161,9 +182,13 @@ def main() -> int:
                             res = transport.run_wrk(f"http://127.0.0.1:{hp}/v2/models/{name}/infer", body, headers,
                                                     args.concurrency, args.seconds, tmp)
                         res["loadavg_before"] = load
+                        cpu, n = cpu_seconds(proc.pid) - cpu0, inferences(hp) - n0
+                        res["server_cpu_s"], res["inferences"] = cpu, n
+                        res["cpu_us_per_request"] = cpu * 1e6 / n if n else float("nan")
                         results.setdefault((mode, name), []).append(res)
                         print(f"round {r + 1} {mode} {name}: {res['rps']:.0f} req/s, p50 {res['p50_ms']:.3f} ms, "
-                              f"p99 {res['p99_ms']:.3f} ms, errors {res['errors']} (load {load})", file=sys.stderr)
+                              f"p99 {res['p99_ms']:.3f} ms, errors {res['errors']}, server CPU {res['cpu_us_per_request']:.1f} us/request "
+                              f"(load {load})", file=sys.stderr)
         except BaseException:
             log.flush()
             sys.stderr.write((tmp / "sluice.log").read_text(errors="replace")[-3000:])
@@ -181,8 +206,9 @@ def main() -> int:
              f"{args.seconds} s per cell. split / direct: median of per-round ratios (min–max); target: less than "
              f"{args.target_loss * 100:.0f} % lost.", "",
              "| mode | direct req/s | split req/s | split / direct, per round: median (min–max) | ratio of medians "
-             "| rounds within | direct p50 / p99 ms | split p50 / p99 ms | errors | verdict |",
-             "|---|---:|---:|---|---:|---:|---|---|---:|---|"]
+             "| rounds within | direct p50 / p99 ms | split p50 / p99 ms | server CPU µs/request direct / split "
+             "(split / direct per round: median, min–max) | errors | verdict |",
+             "|---|---:|---:|---|---:|---:|---|---|---|---:|---|"]
     for mode in modes:
         d, s = results[(mode, DIRECT)], results[(mode, SPLIT)]
         ratios = [b["rps"] / a["rps"] for a, b in zip(d, s)]
@@ -192,17 +218,22 @@ def main() -> int:
         verdict = ("met" if m >= 1 - args.target_loss and within * 2 > len(ratios)
                    else "not met" if misses * 2 > len(ratios) else "at the edge")
         errors = sum(x["errors"] for x in d + s)
+        cpu_ratios = [b["cpu_us_per_request"] / a["cpu_us_per_request"] for a, b in zip(d, s)]
         summary[mode] = {
             "direct": {"rps": med(d, "rps"), "p50_ms": med(d, "p50_ms"), "p99_ms": med(d, "p99_ms")},
             "split": {"rps": med(s, "rps"), "p50_ms": med(s, "p50_ms"), "p99_ms": med(s, "p99_ms")},
             "per_round_ratio": ratios, "ratio": spread(ratios),
             "ratio_of_medians": med(s, "rps") / med(d, "rps"),
             "rounds_within": within, "errors": errors, "verdict": verdict,
+            "cpu_us_per_request": {"direct": med(d, "cpu_us_per_request"), "split": med(s, "cpu_us_per_request"),
+                                   "per_round_ratio": cpu_ratios, "ratio": spread(cpu_ratios)},
         }
         lines.append(f"| {mode} | {med(d, 'rps'):.0f} | {med(s, 'rps'):.0f} | {m:.3f} ({min(ratios):.3f}–"
                      f"{max(ratios):.3f}) | {med(s, 'rps') / med(d, 'rps'):.3f} | {within} of {len(ratios)} | "
                      f"{med(d, 'p50_ms'):.3f} / {med(d, 'p99_ms'):.3f} | {med(s, 'p50_ms'):.3f} / "
-                     f"{med(s, 'p99_ms'):.3f} | {errors} | {verdict} |")
+                     f"{med(s, 'p99_ms'):.3f} | {med(d, 'cpu_us_per_request'):.1f} / {med(s, 'cpu_us_per_request'):.1f} "
+                     f"({statistics.median(cpu_ratios):.3f}, {min(cpu_ratios):.3f}–{max(cpu_ratios):.3f}) | {errors} "
+                     f"| {verdict} |")
     table = "\n".join(lines)
     print(table)
     out = {
