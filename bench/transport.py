@@ -112,10 +112,10 @@ def run_wrk(url: str, body: Path, headers: dict[str, str], conc: int, seconds: i
             "errors": int(m.group(4))}
 
 
-def run_perf_analyzer(url: str, conc: int, seconds: int, tmp: Path) -> dict:
+def run_perf_analyzer(url: str, conc: int, seconds: int, tmp: Path, model: str = "add_sub") -> dict:
     csv_path = tmp / "pa.csv"
     pa = SLUICE_HOME / "bin/perf_analyzer"
-    cmd = [str(pa), "-m", "add_sub", "-u", url, "-i", "grpc", "--concurrency-range", f"{conc}:{conc}",
+    cmd = [str(pa), "-m", model, "-u", url, "-i", "grpc", "--concurrency-range", f"{conc}:{conc}",
            "--measurement-interval", str(seconds * 1000), "--stability-percentage", "100",
            "--max-trials", "3", "-f", str(csv_path)]
     # perf_analyzer exits non-zero when a window is unstable on this noisy machine: try again.

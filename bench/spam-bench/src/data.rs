@@ -39,6 +39,45 @@ pub fn load_texts(models: &Path) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// One email of the held-out half with its label.
+pub struct Labelled {
+    pub text: String,
+    pub spam: bool,
+}
+
+/// The held-out emails (odd line index of `spamassassin.jsonl`, 0-based: the 3023 the models'
+/// heads were not trained on), text `(subject + ". " + body)[:1000]` and label, in the fixed
+/// shuffled order of [`shuffle`], the first `limit` of them.
+pub fn held_out(models: &Path, limit: Option<usize>) -> Result<Vec<Labelled>> {
+    let file = models.join("datasets/spamassassin/spamassassin.jsonl");
+    let f = std::fs::File::open(&file)
+        .with_context(|| format!("cannot open {} (the full set; scripts/setup.sh fetches it)", file.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if i % 2 == 0 || line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("{}:{}", file.display(), i + 1))?;
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("");
+        let spam = match field("label") {
+            "spam" => true,
+            "ham" => false,
+            other => bail!("{}:{}: label {other:?} is neither ham nor spam", file.display(), i + 1),
+        };
+        let text = format!("{}. {}", field("subject"), field("body")).chars().take(MAX_CHARS).collect();
+        out.push(Labelled { text, spam });
+    }
+    if out.is_empty() {
+        bail!("{} holds no held-out emails", file.display());
+    }
+    shuffle(&mut out);
+    if let Some(n) = limit {
+        out.truncate(n.max(1));
+    }
+    Ok(out)
+}
+
 /// Token ids of each text: special tokens added, truncated to [`MAX_TOKENS`], no padding.
 pub fn tokenize(tokenizer_json: &Path, texts: &[String]) -> Result<Vec<Vec<i64>>> {
     let mut tok = Tokenizer::from_file(tokenizer_json)

@@ -219,7 +219,7 @@ pub enum Conn {
     Grpc(GrpcInferenceServiceClient<Channel>),
 }
 
-async fn http_connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn http_connect(addr: &str) -> Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

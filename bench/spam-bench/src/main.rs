@@ -7,15 +7,22 @@
 //! * `compare`: starts Sluice itself and runs the whole table in interleaved rounds;
 //! * `text-vs-ids`: starts Sluice and compares raw text tokenized by the server (`spam-text`)
 //!   with token ids tokenized by the client (`spam-fast`), interleaved rounds;
-//! * `pa-half-load`: starts Sluice and measures the half-load p99 with Triton's `perf_analyzer`.
+//! * `pa-half-load`: starts Sluice and measures the half-load p99 with Triton's `perf_analyzer`;
+//! * `cascade`: starts Sluice with cascade endpoints over the text classifiers and measures
+//!   accuracy, escalation, throughput and latency on the held-out emails (issue 16);
+//! * `shadow-cost`: starts Sluice with a shadow endpoint and measures what the shadow costs the
+//!   primary's latency and throughput at full and half load (issue 16).
 //!
 //! Build with `cargo build --release -p spam-bench -p sluice`; see docs/benchmarks.md.
 
+mod cascade;
 mod compare;
 mod data;
+mod endpoints;
 mod inprocess;
 mod load;
 mod pa;
+mod shadow;
 mod stats;
 mod text_ids;
 
@@ -40,7 +47,8 @@ struct Cli {
     /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, $SLUICE_HOME/lib, python3's onnxruntime).
     #[arg(long, global = true)]
     onnxruntime_lib: Option<PathBuf>,
-    /// Use only the first N emails (after a fixed shuffle); default all 6046.
+    /// Use only the first N emails (after a fixed shuffle); default all 6046 (`cascade`: all 3023
+    /// held-out ones).
     #[arg(long, global = true)]
     emails: Option<usize>,
     /// Threads of the load generator's tokio runtime (1 = current-thread runtime, the least
@@ -65,6 +73,14 @@ enum Command {
     /// Start Sluice and measure the p99 at half the in-process best rate with Triton's
     /// perf_analyzer (`--request-rate-range`, constant and Poisson arrivals).
     PaHalfLoad(pa::PaArgs),
+    /// Start Sluice with cascade endpoints (spam-text, then spam-text-accurate) at several
+    /// thresholds and measure accuracy, share escalated, throughput and latency over the
+    /// held-out emails, against either model alone (issue 16).
+    Cascade(cascade::CascadeArgs),
+    /// Start Sluice with a shadow endpoint (primary spam-text, shadow spam-text-accurate) and
+    /// measure the primary's latency and throughput directly and through the endpoint, at full
+    /// and half load (issue 16).
+    ShadowCost(shadow::ShadowCostArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,5 +255,9 @@ fn main() -> Result<()> {
             text_ids::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
         }
         Command::PaHalfLoad(a) => pa::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails),
+        Command::Cascade(a) => cascade::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads),
+        Command::ShadowCost(a) => {
+            shadow::run(a, &models, cli.onnxruntime_lib.as_deref(), cli.emails, cli.client_threads)
+        }
     }
 }

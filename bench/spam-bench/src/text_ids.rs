@@ -96,7 +96,7 @@ fn ragged_inputs(config: &str) -> Result<String> {
 }
 
 /// Runs `scripts/make_models_repo.sh DIR` over `models`.
-fn make_repository(dir: &Path, models: &Path) -> Result<()> {
+pub(crate) fn make_repository(dir: &Path, models: &Path) -> Result<()> {
     let script = repo_root().join("scripts/make_models_repo.sh");
     let out = Command::new("bash")
         .arg(&script)
