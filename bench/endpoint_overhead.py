@@ -11,10 +11,10 @@ bench/transport.py at one concurrency:
   * HTTP JSON and HTTP binary (Triton's binary tensor extension): `wrk`, keep-alive connections,
     one per unit of concurrency, a pre-built body;
   * gRPC: `spam-bench serve-load --grpc` (tonic, one connection per client, a one-thread tokio
-    runtime), for both names. Triton's perf_analyzer cannot drive the endpoint: it looks the
-    endpoint up in the statistics it fetches, which carry the target model's name (add_sub), and
-    stops with "failed to find the requested model version". The script probes perf_analyzer on
-    the endpoint once and records what it said; `--grpc-client perf_analyzer` uses it anyway.
+    runtime), for both names, so that both go through the same client. The script probes
+    perf_analyzer on the endpoint once and records what it said (before commit 866892a an
+    endpoint's statistics lacked its own entry and perf_analyzer stopped with "failed to find the
+    requested model version"); `--grpc-client perf_analyzer` uses perf_analyzer instead.
 
 Beside throughput, the server's own CPU time per request: the sluice process's user + system
 time (/proc/PID/stat) over the cell divided by the inferences add_sub counted
