@@ -87,8 +87,9 @@ impl Engine {
     /// does for an ensemble's composing models. A model that fails leaves the endpoint unready
     /// (the load of the endpoint says why).
     pub(crate) async fn load_targets_of(&self, name: &str, file: &std::path::Path) {
+        let endpoint_dirs = sluice_repository::scan_endpoints(&self.repository().options().roots);
         for (model, version) in model_targets(file, name) {
-            if self.endpoints.read().contains_key(&model) || self.endpoint_dir(&model).is_some() {
+            if self.endpoints.read().contains_key(&model) || endpoint_dirs.iter().any(|(n, _)| *n == model) {
                 continue;
             }
             if self.resolve_model(&model, version.as_deref()).is_err() && self.repository().is_known(&model) {

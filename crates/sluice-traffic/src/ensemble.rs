@@ -25,7 +25,7 @@ use sluice_types::{
 
 use crate::definition::Target;
 use crate::own_stats::{extend_unique, OwnStats};
-use crate::policy::{resolve_target, target_key};
+use crate::policy::{requests_by_target, resolve_target, target_key};
 
 /// One step: a model, and how its tensors are named in the ensemble.
 #[derive(Clone, Debug, PartialEq)]
@@ -399,15 +399,7 @@ impl Endpoint for Ensemble {
     }
 
     fn counters(&self) -> Vec<TrafficCounter> {
-        let mut out: Vec<TrafficCounter> = Vec::new();
-        for (s, n) in self.spec.steps.iter().zip(&self.runs) {
-            let c = TrafficCounter::requests(&self.name, &target_key(&s.target), n.load(Ordering::Relaxed));
-            match out.iter_mut().find(|o| o.labels == c.labels) {
-                Some(o) => o.value += c.value,
-                None => out.push(c),
-            }
-        }
-        out
+        requests_by_target(&self.name, self.spec.steps.iter().map(|s| &s.target).zip(&self.runs))
     }
 }
 

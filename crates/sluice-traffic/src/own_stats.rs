@@ -32,6 +32,12 @@ impl OwnStats {
         }
     }
 
+    /// Requests recorded, answered or failed.
+    pub fn requests(&self) -> u64 {
+        let c = self.0.lock();
+        c.success.count + c.fail.count
+    }
+
     /// The entry under the endpoint's own name.
     pub fn entry(&self, name: &str, version: &str) -> ModelStatistics {
         let c = self.0.lock();

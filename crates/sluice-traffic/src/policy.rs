@@ -202,6 +202,23 @@ pub(crate) fn tag(endpoint: &str, mut answer: Answer) -> Answer {
     answer
 }
 
+/// `sluice_endpoint_requests_total` for each target; a target named twice (two rules to one
+/// model, two steps on one model) is one series.
+pub(crate) fn requests_by_target<'a>(
+    endpoint: &str,
+    sent: impl Iterator<Item = (&'a Target, &'a AtomicU64)>,
+) -> Vec<TrafficCounter> {
+    let mut out: Vec<TrafficCounter> = Vec::new();
+    for (t, n) in sent {
+        let c = TrafficCounter::requests(endpoint, &target_key(t), n.load(Ordering::Relaxed));
+        match out.iter_mut().find(|o| o.labels == c.labels) {
+            Some(o) => o.value += c.value,
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// The endpoint serving a target, through the resolver a policy holds weakly (the resolver, the
 /// engine, holds the policy).
 pub(crate) fn resolve_target(resolver: &Weak<dyn Resolver>, t: &Target) -> Result<Arc<dyn Endpoint>, ServeError> {
@@ -351,15 +368,7 @@ impl Endpoint for Policy {
     }
 
     fn counters(&self) -> Vec<TrafficCounter> {
-        // A target named twice (two rules to one model) is one series.
-        let mut out: Vec<TrafficCounter> = Vec::new();
-        for (t, n) in self.flat.iter().zip(&self.sent) {
-            let c = TrafficCounter::requests(&self.name, &target_key(t), n.load(Ordering::Relaxed));
-            match out.iter_mut().find(|o| o.labels == c.labels) {
-                Some(o) => o.value += c.value,
-                None => out.push(c),
-            }
-        }
+        let mut out = requests_by_target(&self.name, self.flat.iter().zip(&self.sent));
         for (i, n) in self.escalated.iter().enumerate().take(self.escalated.len().saturating_sub(1)) {
             out.push(TrafficCounter {
                 metric: "sluice_cascade_escalations_total",

@@ -102,7 +102,6 @@ pub struct ShadowEndpoint {
     opts: ShadowOptions,
     /// Started by the first request, from inside the runtime.
     queue: OnceLock<mpsc::Sender<Job>>,
-    primary_requests: std::sync::atomic::AtomicU64,
     own: OwnStats,
 }
 
@@ -133,7 +132,6 @@ impl ShadowEndpoint {
             log_sample,
             opts,
             queue: OnceLock::new(),
-            primary_requests: Default::default(),
             own: Default::default(),
         }
     }
@@ -141,7 +139,6 @@ impl ShadowEndpoint {
     /// One request: the primary answers, copies are queued.
     async fn serve(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
         let primary = self.primary()?;
-        self.primary_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let picked: Vec<usize> = (0..self.shared.copies.len())
             .filter(|&i| {
                 let c = &self.shared.copies[i];
@@ -378,18 +375,14 @@ impl Endpoint for ShadowEndpoint {
             "kind": "shadow",
             "ready": self.ready(),
             "primary": target_key(&self.primary),
-            "requests": self.primary_requests.load(std::sync::atomic::Ordering::Relaxed),
+            "requests": self.own.requests(),
             "shadows": shadows,
         }))
     }
 
     fn counters(&self) -> Vec<TrafficCounter> {
         let name = &self.shared.name;
-        let mut out = vec![TrafficCounter::requests(
-            name,
-            &target_key(&self.primary),
-            self.primary_requests.load(std::sync::atomic::Ordering::Relaxed),
-        )];
+        let mut out = vec![TrafficCounter::requests(name, &target_key(&self.primary), self.own.requests())];
         for c in &self.shared.copies {
             let s = c.stats.lock();
             let labels = || vec![("endpoint", name.clone()), ("shadow", c.key.clone())];
