@@ -333,7 +333,8 @@ pub fn run(
         targets.push(Served1 { name: cascade_name(t), threshold: Some(t) });
     }
     let rt = runtime(client_threads)?;
-    let served = Served::start(args.sluice_bin.as_deref(), models, ort_lib, threads, &rt, &[FAST, ACCURATE], &defs)?;
+    let served =
+        Served::start(args.sluice_bin.as_deref(), models, ort_lib, threads, &rt, &[FAST, ACCURATE], &defs, &[])?;
     let http = served.server.target.http.clone();
     let bodies = Arc::new(bodies(&emails)?);
 

@@ -63,6 +63,10 @@ pub struct ShadowCostArgs {
     /// Send over gRPC instead of HTTP binary.
     #[arg(long)]
     grpc: bool,
+    /// The candidate's `optimization { priority }`: `min` (PRIORITY_MIN, its threads at the
+    /// lowest CPU priority, as the README advises for a shadow candidate) or `default`.
+    #[arg(long, default_value = "min", value_parser = ["min", "default"])]
+    candidate_priority: String,
     /// Where to write the JSON results (default: <repo root>/bench/results/shadow-cost.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -200,6 +204,7 @@ pub fn run(
         &rt,
         &[FAST, ACCURATE],
         &[(SHADOW.to_string(), yaml.clone())],
+        if args.candidate_priority == "min" { &[ACCURATE] } else { &[] },
     )?;
     let target = served.server.target.clone();
     let transport = if args.grpc { Transport::Grpc } else { Transport::Http };
@@ -333,6 +338,7 @@ pub fn run(
         "half_load": args.half_load,
         "half_load_rates": res.rates.iter().map(|&r| num(r)).collect::<Vec<_>>(),
         "endpoint_yaml": yaml,
+        "candidate_priority": args.candidate_priority,
         "emails": texts.len(),
         "full": level_json(Level::Full),
         "half": level_json(Level::Half),
@@ -372,12 +378,14 @@ fn render(
 ) -> String {
     let mut t = format!(
         "Machine: {}. ONNX Runtime intra-op threads {threads}; {}; {} interleaved round(s) of {} s per cell. Shadow: \
-         {ACCURATE} at share {}. Medians over rounds; ratios: median of per-round shadow / direct (min–max).\n\n",
+         {ACCURATE} at share {}, priority {}. Medians over rounds; ratios: median of per-round shadow / direct \
+         (min–max).\n\n",
         machine(),
         transport.name(),
         args.rounds,
         args.seconds,
-        args.share
+        args.share,
+        args.candidate_priority,
     );
     t.push_str(
         "| load | direct req/s | via shadow req/s | req/s ratio | direct p50 ms | via shadow p50 ms | direct p99 ms | \

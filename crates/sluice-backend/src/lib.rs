@@ -11,6 +11,7 @@ use sluice_types::{ModelConfig, ServeError, Tensor};
 
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod priority;
 
 /// What one execution produced, and where its time went.
 #[derive(Debug, Default)]

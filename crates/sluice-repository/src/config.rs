@@ -392,6 +392,10 @@ pub fn validate_config(config: &ModelConfig) -> Result<(), ServeError> {
         }
     }
 
+    if let Err(msg) = config.cpu_priority() {
+        return bad(msg);
+    }
+
     for (i, g) in config.instance_group.iter().enumerate() {
         let field = if g.name.is_empty() {
             format!("instance_group[{i}]")
@@ -749,5 +753,18 @@ dynamic_batching { preferred_batch_size: [ 2, 4 ] }
         assert!(m.contains("gpus") && m.contains("-1"), "{m}");
         let m = invalid(|c| c.version_policy.all = Some(json!({})));
         assert!(m.contains("version_policy"), "{m}");
+    }
+
+    #[test]
+    fn optimization_priority_is_read_and_checked() {
+        use sluice_types::CpuPriority;
+        let c = parse_model_config("optimization { priority: PRIORITY_MIN }", ConfigFormat::Pbtxt).unwrap();
+        assert_eq!(c.cpu_priority(), Ok(CpuPriority::Min));
+        validate_config(&c).unwrap();
+        let c = parse_model_config(r#"{"optimization": {"priority": 1}}"#, ConfigFormat::Json).unwrap();
+        assert_eq!(c.cpu_priority(), Ok(CpuPriority::Max));
+        assert_eq!(valid().cpu_priority(), Ok(CpuPriority::Default));
+        let m = invalid(|c| c.optimization = Some(json!({"priority": "PRIORITY_LOW"})));
+        assert!(m.contains("optimization.priority is \"PRIORITY_LOW\"") && m.contains("PRIORITY_MIN"), "{m}");
     }
 }

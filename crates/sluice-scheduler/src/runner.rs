@@ -184,10 +184,19 @@ impl ModelRunner {
                 .spawn(f)
                 .map_err(|e| ServeError::Internal(format!("cannot start a thread for {label}: {e}")))
         };
+        let lowered = sluice_backend::priority::wants_min_priority(config);
         let started = (|| {
             for (i, instance) in instances.into_iter().enumerate() {
                 let s = shared.clone();
-                threads.push(spawn(format!("sluice-{label}-{i}"), Box::new(move || s.instance_loop(instance)))?);
+                let run = move || {
+                    if lowered {
+                        if let Err(e) = sluice_backend::priority::lower_current_thread() {
+                            tracing::warn!(model = %s.label, error = %e, "cannot lower an instance thread's priority");
+                        }
+                    }
+                    s.instance_loop(instance)
+                };
+                threads.push(spawn(format!("sluice-{label}-{i}"), Box::new(run))?);
             }
             let s = shared.clone();
             threads.push(spawn(format!("sluice-watch-{label}"), Box::new(move || s.watch_loop()))?);

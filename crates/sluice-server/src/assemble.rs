@@ -93,12 +93,17 @@ async fn start_version(
             }
         }
         let samples = warmup::build_samples(&cfg, &files.model_dir)?;
-        let loaded = backend.load_version(&cfg, &files, n)?;
-        // What the instances share, for the endpoints that use it directly: a generative
-        // model's engine streams tokens to generate and the OpenAI routes.
-        let generator = loaded.shared.and_then(|s| s.downcast::<sluice_llm::Generator>().ok());
-        let mut instances = loaded.instances;
-        let report = warmup::run(&cfg, &samples, &mut instances)?;
+        // A PRIORITY_MIN model loads on a lowered thread, so that the compute threads its
+        // runtime starts run lowered too.
+        let (instances, report, generator) = sluice_backend::priority::with_config_priority(&cfg, || {
+            let loaded = backend.load_version(&cfg, &files, n)?;
+            // What the instances share, for the endpoints that use it directly: a generative
+            // model's engine streams tokens to generate and the OpenAI routes.
+            let generator = loaded.shared.and_then(|s| s.downcast::<sluice_llm::Generator>().ok());
+            let mut instances = loaded.instances;
+            let report = warmup::run(&cfg, &samples, &mut instances)?;
+            Ok::<_, ServeError>((instances, report, generator))
+        })?;
         Ok::<_, ServeError>((instances, report, text, labels, generator))
     })
     .await

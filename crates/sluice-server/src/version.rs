@@ -150,12 +150,17 @@ async fn run(served: &ServedVersion, ctx: &RequestContext, req: &mut InferReques
     if let Some(text) = &served.text {
         // Tokenizing a batch of texts is CPU work of up to milliseconds: not on a tokio worker.
         let (text, batching, mut owned) = (text.clone(), config.max_batch_size > 0, std::mem::take(req));
-        let (back, tokenized) = tokio::task::spawn_blocking(move || {
+        let tokenize = move || {
             let r = text.apply(&mut owned, batching);
             (owned, r)
-        })
-        .await
-        .map_err(|e| ServeError::Internal(format!("the tokenizer task failed: {e}")))?;
+        };
+        // A PRIORITY_MIN model's tokenizing yields to live requests as its inference does.
+        let done = if sluice_backend::priority::wants_min_priority(config) {
+            sluice_backend::priority::run_lowered(tokenize).await
+        } else {
+            tokio::task::spawn_blocking(tokenize).await.map_err(|e| e.to_string())
+        };
+        let (back, tokenized) = done.map_err(|e| ServeError::Internal(format!("the tokenizer task failed: {e}")))?;
         *req = back;
         tokenized?;
     }

@@ -408,3 +408,57 @@ async fn a_triton_ensemble_runs_its_steps() {
     assert_eq!((ens["state"].clone(), ens["version"].clone()), (json!("READY"), json!("1")), "{index}");
     s.shutdown().await;
 }
+
+/// Nice values of this process's threads (Linux keeps one per thread: field 19 of each task's
+/// `stat`, after the command name in parentheses).
+fn thread_nices() -> Vec<i64> {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap().flatten();
+    tasks.filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok()).map(|s| nice_of(&s)).collect()
+}
+
+fn nice_of(stat: &str) -> i64 {
+    stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+/// A shadow candidate with Triton's `optimization { priority: PRIORITY_MIN }` runs every thread
+/// it computes on (its instance thread and ONNX Runtime's intra-op pool, started while it loads)
+/// at the lowest priority, so that its copies yield the cores to the primary; the server's own
+/// threads keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_priority_candidate_computes_on_lowered_threads() {
+    let (dir, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    add_text_classifier(dir.path(), "spam-fast", "spam-fast", "");
+    add_text_classifier(
+        dir.path(),
+        "candidate",
+        "spam-accurate",
+        "optimization { priority: PRIORITY_MIN }\nparameters { key: \"intra_op_thread_count\" value { string_value: \"3\" } }",
+    );
+    std::fs::create_dir_all(dir.path().join("mirrored")).unwrap();
+    std::fs::write(
+        dir.path().join("mirrored/endpoint.yaml"),
+        "kind: shadow\nprimary: { model: spam-fast }\nshadows:\n  - { model: candidate, share: 1.0 }\ncompare: { output: label }\n",
+    )
+    .unwrap();
+    let own = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let s = server(dir.path(), state.path()).await;
+    if own < 19 {
+        // One instance thread, and ONNX Runtime's pool of intra_op_thread_count - 1 (the caller
+        // computes too); the other tests of this binary lower nothing.
+        let lowered = thread_nices().into_iter().filter(|n| *n == 19).count();
+        assert!(lowered >= 3, "the candidate's instance thread and 2 intra-op threads run at nice 19, got {lowered}");
+        assert!(thread_nices().contains(&own), "the server's own threads keep their priority");
+    } else {
+        eprintln!("this test runs at nice {own} already: nothing to lower");
+    }
+
+    let text = email();
+    let a = infer(&s, "mirrored", &[], &body(&text, json!({}))).await;
+    assert_eq!(a["parameters"]["sluice_model"], "spam-fast");
+    let direct = infer(&s, "candidate", &[], &body(&text, json!({}))).await;
+    assert_eq!(direct["model_name"], "candidate", "the lowered model still answers");
+    let config: Value =
+        reqwest::get(format!("http://{}/v2/models/candidate/config", s.http_addr)).await.unwrap().json().await.unwrap();
+    assert_eq!(config["optimization"]["priority"], "PRIORITY_MIN");
+    s.shutdown().await;
+}

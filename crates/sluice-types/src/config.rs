@@ -172,11 +172,43 @@ impl TensorConfig {
     }
 }
 
+/// How a model's threads share the CPU with other models: Triton's `optimization { priority }`.
+/// Triton maps it to CUDA stream priorities; on the CPU Sluice runs a `PRIORITY_MIN` model's
+/// threads (its instances' and ONNX Runtime's or candle's compute threads) at the lowest
+/// scheduling priority, so that a shadow candidate or a batch model yields the cores to live
+/// traffic. `PRIORITY_MAX` is accepted and runs as the default: raising a thread's priority needs
+/// a privilege a server should not hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPriority {
+    #[default]
+    Default,
+    Max,
+    Min,
+}
+
+impl CpuPriority {
+    /// The names Triton's model config uses (also the enum's numbers, as JSON configs may carry).
+    pub const NAMES: [&'static str; 3] = ["PRIORITY_DEFAULT", "PRIORITY_MAX", "PRIORITY_MIN"];
+}
+
 impl ModelConfig {
     /// Number of execution instances: the sum over instance groups, at least one.
     pub fn instance_count(&self) -> usize {
         let n: u32 = self.instance_group.iter().map(|g| g.count.max(1)).sum();
         n.max(1) as usize
+    }
+
+    /// `optimization.priority`, or an error naming the field and the values it takes.
+    pub fn cpu_priority(&self) -> Result<CpuPriority, String> {
+        let Some(v) = self.optimization.as_ref().and_then(|o| o.get("priority")) else {
+            return Ok(CpuPriority::Default);
+        };
+        match (v.as_str(), v.as_u64()) {
+            (Some("PRIORITY_DEFAULT"), _) | (_, Some(0)) => Ok(CpuPriority::Default),
+            (Some("PRIORITY_MAX"), _) | (_, Some(1)) => Ok(CpuPriority::Max),
+            (Some("PRIORITY_MIN"), _) | (_, Some(2)) => Ok(CpuPriority::Min),
+            _ => Err(format!("optimization.priority is {v}, expected one of {}", CpuPriority::NAMES.join(", "))),
+        }
     }
 
     /// A string parameter from `parameters { key: ... value: { string_value: ... } }`.

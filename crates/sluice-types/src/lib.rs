@@ -15,7 +15,7 @@ pub mod prom;
 mod request;
 mod tensor;
 
-pub use config::ModelConfig;
+pub use config::{CpuPriority, ModelConfig};
 pub use datatype::DataType;
 pub use endpoint::{Answer, Endpoint, RequestContext, Resolver, TrafficCounter};
 pub use error::{Result, ServeError};
