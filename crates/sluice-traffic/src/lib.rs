@@ -11,6 +11,10 @@
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
 //!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
 //!   shadow's answers compare with the primary's ([`compare`]).
+//! - [`rollout`]: a candidate rolled out over a baseline in steps (shadow, then growing weights)
+//!   under guardrails: its plan, read from `endpoint.yaml`, and the pure state machine that
+//!   advances, pauses, promotes or rolls it back on guardrail verdicts and commands, driven by a
+//!   clock passed in (not yet wired into an endpoint).
 
 use std::sync::{Arc, Weak};
 
@@ -22,6 +26,7 @@ pub mod definition;
 pub mod ensemble;
 mod own_stats;
 pub mod policy;
+pub mod rollout;
 pub mod rules;
 pub mod shadow;
 pub mod split;
