@@ -45,6 +45,7 @@
 //!   the percent only moves units from the baseline to the candidate.
 
 pub mod canary;
+pub mod guardrails;
 pub mod machine;
 pub mod plan;
 pub mod status;
