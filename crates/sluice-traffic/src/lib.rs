@@ -10,7 +10,10 @@
 //! - their decisions, pure functions unit-tested without threads or sockets: whether a rule's
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
 //!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
-//!   shadow's answers compare with the primary's ([`compare`]).
+//!   shadow's answers compare with the primary's ([`compare`]);
+//! - [`stats`]: the statistics of A/B experiments and rollout guardrails, as pure functions:
+//!   fixed-horizon tests and intervals, sample size and power, sequential (always-valid) tests,
+//!   the sample-ratio-mismatch check, and hash buckets for single-threshold canary ramps.
 
 use std::sync::{Arc, Weak};
 
@@ -25,6 +28,7 @@ pub mod policy;
 pub mod rules;
 pub mod shadow;
 pub mod split;
+pub mod stats;
 #[cfg(test)]
 mod testing;
 
