@@ -10,11 +10,15 @@
 //! - their decisions, pure functions unit-tested without threads or sockets: whether a rule's
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
 //!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
-//!   shadow's answers compare with the primary's ([`compare`]).
+//!   shadow's answers compare with the primary's ([`compare`]);
 //! - [`rollout`]: a candidate rolled out over a baseline in steps (shadow, then growing weights)
-//!   under guardrails: its plan, read from `endpoint.yaml`, and the pure state machine that
+//!   under guardrails: its plan, read from `endpoint.yaml`, the pure state machine that
 //!   advances, pauses, promotes or rolls it back on guardrail verdicts and commands, driven by a
-//!   clock passed in (not yet wired into an endpoint).
+//!   clock passed in, and the guardrail verdicts computed from a step's counts (not yet wired
+//!   into an endpoint);
+//! - [`stats`]: the statistics of A/B experiments and rollout guardrails, as pure functions:
+//!   fixed-horizon tests and intervals, sample size and power, sequential (always-valid) tests,
+//!   the sample-ratio-mismatch check, and hash buckets for single-threshold canary ramps.
 
 use std::sync::{Arc, Weak};
 
@@ -30,6 +34,7 @@ pub mod rollout;
 pub mod rules;
 pub mod shadow;
 pub mod split;
+pub mod stats;
 #[cfg(test)]
 mod testing;
 

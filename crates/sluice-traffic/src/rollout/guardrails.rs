@@ -27,7 +27,7 @@ use super::machine::{GuardrailReading, Verdict};
 use super::plan::{Exposure, Guardrail, Limit, Metric, RolloutPlan, Step};
 use crate::stats::dist::normal_isf;
 use crate::stats::sequential::{confidence_sequence_halfwidth, gavi_equivalent_tau2, gavi_rho};
-use crate::stats::{srm::srm_chi_square, wilson_interval};
+use crate::stats::{srm_chi_square, wilson_interval};
 
 /// Latency samples each arm needs before its p99 is judged.
 pub const MIN_LATENCIES: usize = 100;
@@ -112,7 +112,7 @@ fn error_rate(c: &StepCounts, max_increase: f64, alpha: f64, tuning_n: f64) -> (
     let variance = smoothed(b) + smoothed(k);
     let n = (b.requests + k.requests) as f64;
     let half = gavi_rho(alpha, tuning_n)
-        .map(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
+        .and_then(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
         .and_then(|tau2| confidence_sequence_halfwidth(variance, tau2, alpha));
     match half {
         Some(h) => (Some(diff), judge(diff - h, diff + h, max_increase)),
@@ -138,10 +138,9 @@ fn quantile_bounds(samples: &[f64], q: f64, alpha: f64) -> Option<(f64, f64, f64
 }
 
 fn latency_p99(c: &StepCounts, limit: Limit, alpha: f64) -> (Option<f64>, Verdict) {
-    let (Some((b_lo, b, b_hi)), Some((k_lo, k, k_hi))) = (
-        quantile_bounds(&c.baseline_latency_ms, 0.99, alpha),
-        quantile_bounds(&c.candidate_latency_ms, 0.99, alpha),
-    ) else {
+    let (Some((b_lo, b, b_hi)), Some((k_lo, k, k_hi))) =
+        (quantile_bounds(&c.baseline_latency_ms, 0.99, alpha), quantile_bounds(&c.candidate_latency_ms, 0.99, alpha))
+    else {
         return (None, Verdict::Inconclusive);
     };
     match limit {
@@ -270,14 +269,26 @@ mod tests {
         let p = canary();
         let step = &p.steps[0];
         let ramp = |n: usize, scale: f64| (1..=n).map(|i| scale * i as f64 / n as f64 * 10.0).collect::<Vec<_>>();
-        let same = StepCounts { baseline_latency_ms: ramp(2000, 1.0), candidate_latency_ms: ramp(2000, 1.0), ..Default::default() };
+        let same = StepCounts {
+            baseline_latency_ms: ramp(2000, 1.0),
+            candidate_latency_ms: ramp(2000, 1.0),
+            ..Default::default()
+        };
         let r = evaluate(&p, step, &same);
         assert_eq!(verdict(&r, "latency_p99"), Verdict::Pass);
-        let slow = StepCounts { baseline_latency_ms: ramp(2000, 1.0), candidate_latency_ms: ramp(2000, 2.0), ..Default::default() };
+        let slow = StepCounts {
+            baseline_latency_ms: ramp(2000, 1.0),
+            candidate_latency_ms: ramp(2000, 2.0),
+            ..Default::default()
+        };
         let r = evaluate(&p, step, &slow);
         assert_eq!(verdict(&r, "latency_p99"), Verdict::Fail);
         assert!((r.iter().find(|r| r.guardrail == "latency_p99").unwrap().value.unwrap() - 2.0).abs() < 1e-9);
-        let sparse = StepCounts { baseline_latency_ms: ramp(50, 1.0), candidate_latency_ms: ramp(2000, 9.0), ..Default::default() };
+        let sparse = StepCounts {
+            baseline_latency_ms: ramp(50, 1.0),
+            candidate_latency_ms: ramp(2000, 9.0),
+            ..Default::default()
+        };
         assert_eq!(verdict(&evaluate(&p, step, &sparse), "latency_p99"), Verdict::Inconclusive);
     }
 
@@ -293,7 +304,10 @@ mod tests {
         assert_eq!(verdict(&r, "srm"), Verdict::Fail);
         let value = r.iter().find(|r| r.guardrail == "srm").unwrap().value.unwrap();
         assert!((value - 3.807594010409735e-07).abs() / 3.807594010409735e-07 < 1e-6, "{value}");
-        assert_eq!(verdict(&evaluate(&p, step, &StepCounts { units: [40, 2], ..Default::default() }), "srm"), Verdict::Inconclusive);
+        assert_eq!(
+            verdict(&evaluate(&p, step, &StepCounts { units: [40, 2], ..Default::default() }), "srm"),
+            Verdict::Inconclusive
+        );
     }
 
     #[test]
