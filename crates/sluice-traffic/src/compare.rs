@@ -178,6 +178,12 @@ impl LatencyWindow {
         self.next = (self.next + 1) % Self::CAPACITY;
     }
 
+    /// The latencies kept, in milliseconds, oldest first once the window has wrapped.
+    pub fn samples_ms(&self) -> Vec<f64> {
+        let (newer, older) = self.micros.split_at(self.next.min(self.micros.len()));
+        older.iter().chain(newer).map(|&m| m as f64 / 1000.0).collect()
+    }
+
     /// The `q` quantile (0–1) in milliseconds, nearest rank.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
         if self.micros.is_empty() {

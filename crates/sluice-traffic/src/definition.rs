@@ -60,6 +60,8 @@ pub enum Definition {
         compare: Option<String>,
         log_sample: f64,
     },
+    /// A candidate rolled out over a baseline in steps, under guardrails.
+    Rollout(Box<crate::rollout::RolloutPlan>),
     /// A Triton ensemble, read from its model config (not from `endpoint.yaml`), with the version
     /// directories it was found with.
     Ensemble {
@@ -92,6 +94,9 @@ impl Definition {
             Definition::Shadow { primary, shadows, .. } => std::iter::once(("primary".to_string(), primary))
                 .chain(shadows.iter().enumerate().map(|(i, s)| (format!("shadows[{i}]"), &s.target)))
                 .collect(),
+            Definition::Rollout(plan) => {
+                vec![("baseline".to_string(), &plan.baseline), ("candidate".to_string(), &plan.candidate)]
+            }
             Definition::Ensemble { spec, .. } => spec
                 .steps
                 .iter()
@@ -162,6 +167,14 @@ impl Definition {
                 needs("primary", output, "compare names")?;
                 for i in 0..shadows.len() {
                     needs(&format!("shadows[{i}]"), output, "compare names")?;
+                }
+            }
+            Definition::Rollout(plan) => {
+                for g in &plan.guardrails {
+                    if let crate::rollout::Metric::Disagreement { output } = &g.metric {
+                        needs("baseline", output, "the disagreement guardrail compares")?;
+                        needs("candidate", output, "the disagreement guardrail compares")?;
+                    }
                 }
             }
             Definition::Route { .. }
@@ -277,7 +290,7 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split or shadow"))?;
+        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split, shadow or rollout"))?;
     match kind {
         "route" => {
             let m = mapping(doc, "", &["kind", "rules", "default"])?;
@@ -381,7 +394,23 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
             };
             Ok(Definition::Shadow { primary, shadows, compare, log_sample })
         }
-        other => Err(bad("kind", format!("unknown kind '{other}' (expected route, cascade, split or shadow)"))),
+        "rollout" => {
+            let plan = crate::rollout::plan::parse(doc)?;
+            // Business metrics come by feedback, which only experiments will receive.
+            if let Some(i) =
+                plan.guardrails.iter().position(|g| matches!(g.metric, crate::rollout::Metric::Feedback { .. }))
+            {
+                return Err(bad(
+                    &format!("guardrails[{i}].metric"),
+                    "feedback guardrails need outcomes posted to POST /v2/feedback, which this version does not \
+                     take yet: use error_rate, latency_p99, disagreement or srm",
+                ));
+            }
+            Ok(Definition::Rollout(Box::new(plan)))
+        }
+        other => {
+            Err(bad("kind", format!("unknown kind '{other}' (expected route, cascade, split, shadow or rollout)")))
+        }
     }
 }
 

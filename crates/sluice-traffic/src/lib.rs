@@ -41,17 +41,38 @@ mod testing;
 use definition::Definition;
 pub use shadow::ShadowOptions;
 
+/// What endpoints need from the server beyond their definition.
+#[derive(Clone, Default)]
+pub struct BuildOptions {
+    pub shadow: ShadowOptions,
+    /// Where rollouts keep their state; `None`: in memory only (a restart starts them over).
+    pub rollouts: Option<Arc<dyn rollout::store::RolloutStore>>,
+}
+
 /// The endpoint `definition` declares, finding its targets through `resolver`.
 pub fn build(
     name: &str,
     definition: Definition,
     resolver: Weak<dyn Resolver>,
-    shadow: &ShadowOptions,
+    opts: &BuildOptions,
 ) -> Result<Arc<dyn Endpoint>, ServeError> {
     Ok(match definition {
-        Definition::Shadow { primary, shadows, compare, log_sample } => {
-            Arc::new(shadow::ShadowEndpoint::new(name, primary, shadows, compare, log_sample, resolver, shadow.clone()))
-        }
+        Definition::Shadow { primary, shadows, compare, log_sample } => Arc::new(shadow::ShadowEndpoint::new(
+            name,
+            primary,
+            shadows,
+            compare,
+            log_sample,
+            resolver,
+            opts.shadow.clone(),
+        )),
+        Definition::Rollout(plan) => Arc::new(rollout::endpoint::RolloutEndpoint::new(
+            name,
+            *plan,
+            resolver,
+            &opts.shadow,
+            opts.rollouts.clone(),
+        )?),
         Definition::Ensemble { spec, versions } => Arc::new(ensemble::Ensemble::new(name, spec, versions, resolver)),
         d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
             Arc::new(policy::Policy::new(name, d, resolver)?)

@@ -45,10 +45,12 @@
 //!   the percent only moves units from the baseline to the candidate.
 
 pub mod canary;
+pub mod endpoint;
 pub mod guardrails;
 pub mod machine;
 pub mod plan;
 pub mod status;
+pub mod store;
 
 pub use machine::{Cause, GuardrailReading, Observation, Phase, Rollout, RolloutState, Traffic, Transition, Verdict};
 pub use plan::{Exposure, Guardrail, Limit, Metric, OnFailure, RolloutPlan, Step};

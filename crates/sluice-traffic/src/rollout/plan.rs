@@ -17,6 +17,9 @@ pub struct RolloutPlan {
     pub baseline: Target,
     /// What is rolled out, and all traffic after promotion.
     pub candidate: Target,
+    /// Faults injected into each side's answers (`fault:` beside the target), for drills.
+    pub baseline_fault: Option<Fault>,
+    pub candidate_fault: Option<Fault>,
     /// What keeps a user on one side across requests; `None`: each request is drawn on its own.
     pub unit: Option<Sticky>,
     /// At least one; at most one shadow step, first; weights never fall; the last is weight 100.
@@ -26,6 +29,16 @@ pub struct RolloutPlan {
     /// The one-sided significance level of the comparative guardrails, in (0, 0.5].
     pub alpha: f64,
     pub on_failure: OnFailure,
+}
+
+/// Faults injected into a side's answers, as a service mesh injects them: for drills and tests of
+/// the guardrails (`fault: { error_rate: 0.2, delay_ms: 50 }` beside `model:`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Share of requests, in [0, 1], answered with an error instead of the model's answer.
+    pub error_rate: f64,
+    /// Added before every request the side answers.
+    pub delay_ms: u64,
 }
 
 /// What a guardrail failing with confidence does.
@@ -231,13 +244,14 @@ pub fn parse(doc: &Value) -> Result<RolloutPlan, Bad> {
         Some(k) => return Err(bad("kind", format!("expected 'rollout', got {}", show(k)))),
     }
     let m = mapping(doc, "", KEYS)?;
-    let side = |key: &str, what: &str| -> Result<Target, Bad> {
+    let side = |key: &str, what: &str| -> Result<(Target, Option<Fault>), Bad> {
         let v = get(m, key)
             .ok_or_else(|| bad("", format!("'{key}' is required: {what}, e.g. {{ model: fraud, version: 2 }}")))?;
-        Ok(target(v, key, &[])?.0)
+        let (t, tm) = target(v, key, &["fault"])?;
+        Ok((t, get(tm, "fault").map(|f| fault(f, &join(key, "fault"))).transpose()?))
     };
-    let baseline = side("baseline", "the model or endpoint serving now")?;
-    let candidate = side("candidate", "the model or endpoint rolled out")?;
+    let (baseline, baseline_fault) = side("baseline", "the model or endpoint serving now")?;
+    let (candidate, candidate_fault) = side("candidate", "the model or endpoint rolled out")?;
     if candidate == baseline {
         return Err(bad("candidate", format!("must differ from the baseline (both are {})", describe(&baseline))));
     }
@@ -274,7 +288,20 @@ pub fn parse(doc: &Value) -> Result<RolloutPlan, Bad> {
         Some("pause") => OnFailure::Pause,
         Some(other) => return Err(bad("on_failure", format!("expected rollback or pause, got '{other}'"))),
     };
-    Ok(RolloutPlan { baseline, candidate, unit, steps, guardrails, alpha, on_failure })
+    Ok(RolloutPlan { baseline, candidate, baseline_fault, candidate_fault, unit, steps, guardrails, alpha, on_failure })
+}
+
+fn fault(v: &Value, path: &str) -> Result<Fault, Bad> {
+    let m = mapping(v, path, &["error_rate", "delay_ms"])?;
+    let error_rate = number(m, "error_rate", path)?.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(bad(&join(path, "error_rate"), format!("must be from 0 to 1, got {error_rate}")));
+    }
+    let delay = number(m, "delay_ms", path)?.unwrap_or(0.0);
+    if !(0.0..=3_600_000.0).contains(&delay) || delay.fract() != 0.0 {
+        return Err(bad(&join(path, "delay_ms"), format!("must be a whole number of milliseconds, got {delay}")));
+    }
+    Ok(Fault { error_rate, delay_ms: delay as u64 })
 }
 
 fn describe(t: &Target) -> String {
@@ -641,5 +668,16 @@ mod tests {
             let e = read(&text).unwrap_err();
             assert!(e.starts_with(want), "{text:?}\n  got:  {e}\n  want: {want}");
         }
+    }
+
+    #[test]
+    fn a_side_may_carry_an_injected_fault() {
+        let p = read("kind: rollout\nbaseline: { model: m, version: 1 }\ncandidate: { model: m, version: 2, fault: { error_rate: 0.2, delay_ms: 50 } }\nsteps: [ { weight: 100 } ]\n").unwrap();
+        assert_eq!(p.candidate_fault, Some(Fault { error_rate: 0.2, delay_ms: 50 }));
+        assert_eq!(p.baseline_fault, None);
+        let e = read("kind: rollout\nbaseline: { model: m, version: 1, fault: { error_rate: 2 } }\ncandidate: { model: m, version: 2 }\nsteps: [ { weight: 100 } ]\n").unwrap_err();
+        assert_eq!(e, "baseline.fault.error_rate: must be from 0 to 1, got 2");
+        let e = read("kind: rollout\nbaseline: { model: m, version: 1 }\ncandidate: { model: m, version: 2, fault: { errors: 1 } }\nsteps: [ { weight: 100 } ]\n").unwrap_err();
+        assert!(e.starts_with("candidate.fault: unknown field 'errors'"), "{e}");
     }
 }
