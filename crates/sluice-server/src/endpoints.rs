@@ -249,7 +249,7 @@ impl Engine {
         }
         def.check_signatures(shown, |t| self.target_metadata(t, table))?;
         let resolver: Weak<dyn Resolver> = self.me.clone();
-        sluice_traffic::build(name, def, resolver, &self.shadow).map_err(|e| e.to_string())
+        sluice_traffic::build(name, def, resolver, &self.traffic).map_err(|e| e.to_string())
     }
 
     /// A target's metadata when it is ready now (a target still loading is checked at its turn).

@@ -10,7 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use sluice_repository::LoadOverride;
 
 use crate::assemble::{Repository, ServedVersion};
-use sluice_traffic::ShadowOptions;
+use sluice_traffic::BuildOptions;
 use sluice_types::api::{IndexEntry, ModelState, ModelStatistics, ServerMetadata};
 use sluice_types::{Endpoint, Resolver, ServeError};
 
@@ -37,20 +37,20 @@ pub struct Engine {
     pub(crate) endpoints: RwLock<EndpointTable>,
     /// Endpoint loads, one at a time.
     pub(crate) endpoint_loads: Mutex<()>,
-    /// How shadow endpoints queue and log their copies.
-    pub(crate) shadow: ShadowOptions,
+    /// How shadow endpoints queue and log their copies, and where rollouts keep their state.
+    pub(crate) traffic: BuildOptions,
     /// The engine itself, as the resolver its policies call back into (held weakly by them).
     pub(crate) me: Weak<Engine>,
 }
 
 impl Engine {
-    pub fn new(repo: Repository, shadow: ShadowOptions) -> Arc<Engine> {
+    pub fn new(repo: Repository, traffic: BuildOptions) -> Arc<Engine> {
         Arc::new_cyclic(|me| Engine {
             repo,
             draining: AtomicBool::new(false),
             endpoints: RwLock::new(EndpointTable::new()),
             endpoint_loads: Mutex::new(()),
-            shadow,
+            traffic,
             me: me.clone(),
         })
     }

@@ -266,6 +266,9 @@ pub struct EngineOptions {
     pub model_cache_dir: Option<std::path::PathBuf>,
     /// How shadow endpoints queue, run and log their copies.
     pub shadow: sluice_traffic::ShadowOptions,
+    /// Where rollouts keep their state (`<name>.json`); `None`: in memory, so that a restart
+    /// starts them over.
+    pub rollout_state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -281,6 +284,7 @@ impl Default for EngineOptions {
             poll_interval: Duration::from_secs(15),
             model_cache_dir: None,
             shadow: sluice_traffic::ShadowOptions::default(),
+            rollout_state_dir: None,
         }
     }
 }
@@ -326,7 +330,14 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
         Arc::new(assembler),
     );
     repo.load_startup_models().await?;
-    let engine = Engine::new(repo, opts.shadow.clone());
+    let traffic = sluice_traffic::BuildOptions {
+        shadow: opts.shadow.clone(),
+        rollouts: opts.rollout_state_dir.as_ref().map(|d| {
+            Arc::new(sluice_traffic::rollout::store::FileStore::new(d))
+                as Arc<dyn sluice_traffic::rollout::store::RolloutStore>
+        }),
+    };
+    let engine = Engine::new(repo, traffic);
     engine.load_endpoints().await;
     if opts.control_mode == sluice_repository::ControlMode::Poll {
         // The poller lives as long as the engine; nothing needs to join it.

@@ -5,21 +5,11 @@
 use serde::Serialize;
 use sluice_types::{DataType, Tensor, TensorData};
 
-/// z for a two-sided 95 % interval.
-const Z95: f64 = 1.959_963_984_540_054;
-
 /// The Wilson score interval for `k` successes in `n` trials at 95 %: unlike the normal
 /// approximation it stays inside [0, 1] and is honest at 0 % or 100 % agreement, which is
-/// where a good candidate sits.
+/// where a good candidate sits. `None` for no trials (or more successes than trials).
 pub fn wilson95(k: u64, n: u64) -> Option<(f64, f64)> {
-    if n == 0 {
-        return None;
-    }
-    let (n, p) = (n as f64, k as f64 / n as f64);
-    let z2 = Z95 * Z95;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+    crate::stats::wilson_interval(k, n, 0.05).map(|i| (i.lower, i.upper))
 }
 
 /// How one output of one request compares.
@@ -186,6 +176,12 @@ impl LatencyWindow {
             self.micros[self.next] = micros;
         }
         self.next = (self.next + 1) % Self::CAPACITY;
+    }
+
+    /// The latencies kept, in milliseconds, oldest first once the window has wrapped.
+    pub fn samples_ms(&self) -> Vec<f64> {
+        let (newer, older) = self.micros.split_at(self.next.min(self.micros.len()));
+        older.iter().chain(newer).map(|&m| m as f64 / 1000.0).collect()
     }
 
     /// The `q` quantile (0–1) in milliseconds, nearest rank.

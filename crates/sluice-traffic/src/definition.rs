@@ -60,6 +60,8 @@ pub enum Definition {
         compare: Option<String>,
         log_sample: f64,
     },
+    /// A candidate rolled out over a baseline in steps, under guardrails.
+    Rollout(Box<crate::rollout::RolloutPlan>),
     /// A Triton ensemble, read from its model config (not from `endpoint.yaml`), with the version
     /// directories it was found with.
     Ensemble {
@@ -92,6 +94,9 @@ impl Definition {
             Definition::Shadow { primary, shadows, .. } => std::iter::once(("primary".to_string(), primary))
                 .chain(shadows.iter().enumerate().map(|(i, s)| (format!("shadows[{i}]"), &s.target)))
                 .collect(),
+            Definition::Rollout(plan) => {
+                vec![("baseline".to_string(), &plan.baseline), ("candidate".to_string(), &plan.candidate)]
+            }
             Definition::Ensemble { spec, .. } => spec
                 .steps
                 .iter()
@@ -164,6 +169,14 @@ impl Definition {
                     needs(&format!("shadows[{i}]"), output, "compare names")?;
                 }
             }
+            Definition::Rollout(plan) => {
+                for g in &plan.guardrails {
+                    if let crate::rollout::Metric::Disagreement { output } = &g.metric {
+                        needs("baseline", output, "the disagreement guardrail compares")?;
+                        needs("candidate", output, "the disagreement guardrail compares")?;
+                    }
+                }
+            }
             Definition::Route { .. }
             | Definition::Split { .. }
             | Definition::Shadow { compare: None, .. }
@@ -211,13 +224,13 @@ pub fn parse(file: &str, text: &str) -> Result<Definition, String> {
 }
 
 /// An error: the field's path and what is wrong with it.
-type Bad = (String, String);
+pub(crate) type Bad = (String, String);
 
-fn bad(path: &str, msg: impl Into<String>) -> Bad {
+pub(crate) fn bad(path: &str, msg: impl Into<String>) -> Bad {
     (path.to_string(), msg.into())
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -226,7 +239,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// The mapping at `path`, refusing keys outside `allowed`.
-fn mapping<'a>(v: &'a Value, path: &str, allowed: &[&str]) -> Result<&'a Mapping, Bad> {
+pub(crate) fn mapping<'a>(v: &'a Value, path: &str, allowed: &[&str]) -> Result<&'a Mapping, Bad> {
     let m = v.as_mapping().ok_or_else(|| bad(path, format!("expected a mapping, got {}", show(v))))?;
     for k in m.keys() {
         let k = k.as_str().ok_or_else(|| bad(path, format!("keys must be strings, got {}", show(k))))?;
@@ -237,15 +250,15 @@ fn mapping<'a>(v: &'a Value, path: &str, allowed: &[&str]) -> Result<&'a Mapping
     Ok(m)
 }
 
-fn show(v: &Value) -> String {
+pub(crate) fn show(v: &Value) -> String {
     serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
-fn get<'a>(m: &'a Mapping, key: &str) -> Option<&'a Value> {
+pub(crate) fn get<'a>(m: &'a Mapping, key: &str) -> Option<&'a Value> {
     m.get(key)
 }
 
-fn string(m: &Mapping, key: &str, path: &str) -> Result<Option<String>, Bad> {
+pub(crate) fn string(m: &Mapping, key: &str, path: &str) -> Result<Option<String>, Bad> {
     match get(m, key) {
         None => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
@@ -254,7 +267,7 @@ fn string(m: &Mapping, key: &str, path: &str) -> Result<Option<String>, Bad> {
     }
 }
 
-fn number(m: &Mapping, key: &str, path: &str) -> Result<Option<f64>, Bad> {
+pub(crate) fn number(m: &Mapping, key: &str, path: &str) -> Result<Option<f64>, Bad> {
     match get(m, key) {
         None => Ok(None),
         Some(v) => v
@@ -265,7 +278,7 @@ fn number(m: &Mapping, key: &str, path: &str) -> Result<Option<f64>, Bad> {
     }
 }
 
-fn list<'a>(m: &'a Mapping, key: &str, path: &str) -> Result<&'a Vec<Value>, Bad> {
+pub(crate) fn list<'a>(m: &'a Mapping, key: &str, path: &str) -> Result<&'a Vec<Value>, Bad> {
     match get(m, key) {
         Some(Value::Sequence(s)) if !s.is_empty() => Ok(s),
         Some(v) => Err(bad(&join(path, key), format!("expected a non-empty list, got {}", show(v)))),
@@ -277,7 +290,7 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split or shadow"))?;
+        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split, shadow or rollout"))?;
     match kind {
         "route" => {
             let m = mapping(doc, "", &["kind", "rules", "default"])?;
@@ -348,17 +361,7 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
             }
             let weights: Vec<f64> = targets.iter().map(|(_, w)| *w).collect();
             crate::split::check_weights(&weights).map_err(|e| bad("targets", e))?;
-            let sticky = match get(m, "sticky") {
-                None => None,
-                Some(s) => {
-                    let sm = mapping(s, "sticky", &["header", "parameter"])?;
-                    match (string(sm, "header", "sticky")?, string(sm, "parameter", "sticky")?) {
-                        (Some(h), None) => Some(Sticky::Header(h.to_ascii_lowercase())),
-                        (None, Some(p)) => Some(Sticky::Parameter(p)),
-                        _ => return Err(bad("sticky", "give one of 'header' or 'parameter'")),
-                    }
-                }
-            };
+            let sticky = get(m, "sticky").map(|s| sticky(s, "sticky")).transpose()?;
             Ok(Definition::Split { targets, sticky })
         }
         "shadow" => {
@@ -391,13 +394,29 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
             };
             Ok(Definition::Shadow { primary, shadows, compare, log_sample })
         }
-        other => Err(bad("kind", format!("unknown kind '{other}' (expected route, cascade, split or shadow)"))),
+        "rollout" => {
+            let plan = crate::rollout::plan::parse(doc)?;
+            // Business metrics come by feedback, which only experiments will receive.
+            if let Some(i) =
+                plan.guardrails.iter().position(|g| matches!(g.metric, crate::rollout::Metric::Feedback { .. }))
+            {
+                return Err(bad(
+                    &format!("guardrails[{i}].metric"),
+                    "feedback guardrails need outcomes posted to POST /v2/feedback, which this version does not \
+                     take yet: use error_rate, latency_p99, disagreement or srm",
+                ));
+            }
+            Ok(Definition::Rollout(Box::new(plan)))
+        }
+        other => {
+            Err(bad("kind", format!("unknown kind '{other}' (expected route, cascade, split, shadow or rollout)")))
+        }
     }
 }
 
 /// A target (`model` with an optional `version`, or `endpoint`), with the extra keys a policy
 /// allows beside it.
-fn target<'a>(v: &'a Value, path: &str, extra: &[&str]) -> Result<(Target, &'a Mapping), Bad> {
+pub(crate) fn target<'a>(v: &'a Value, path: &str, extra: &[&str]) -> Result<(Target, &'a Mapping), Bad> {
     let mut allowed = vec!["model", "version", "endpoint"];
     allowed.extend_from_slice(extra);
     let m = mapping(v, path, &allowed)?;
@@ -408,6 +427,17 @@ fn target<'a>(v: &'a Value, path: &str, extra: &[&str]) -> Result<(Target, &'a M
         _ => return Err(bad(path, "give one of 'model' (with an optional 'version') or 'endpoint'")),
     };
     Ok((t, m))
+}
+
+/// A sticky unit: the request header (matched case-insensitively, so kept lowercase) or the
+/// request parameter whose value keeps a user on one side.
+pub(crate) fn sticky(v: &Value, path: &str) -> Result<Sticky, Bad> {
+    let m = mapping(v, path, &["header", "parameter"])?;
+    match (string(m, "header", path)?, string(m, "parameter", path)?) {
+        (Some(h), None) => Ok(Sticky::Header(h.to_ascii_lowercase())),
+        (None, Some(p)) => Ok(Sticky::Parameter(p)),
+        _ => Err(bad(path, "give one of 'header' or 'parameter'")),
+    }
 }
 
 const TESTS: &[&str] = &["equals", "in", "lt", "gt", "present"];

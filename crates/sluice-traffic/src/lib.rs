@@ -10,7 +10,15 @@
 //! - their decisions, pure functions unit-tested without threads or sockets: whether a rule's
 //!   condition holds for a request ([`rules`]), which target of a weighted split a unit goes to
 //!   ([`split`]), whether a cascade stage is confident enough to answer ([`cascade`]), how a
-//!   shadow's answers compare with the primary's ([`compare`]).
+//!   shadow's answers compare with the primary's ([`compare`]);
+//! - [`rollout`]: a candidate rolled out over a baseline in steps (shadow, then growing weights)
+//!   under guardrails: its plan, read from `endpoint.yaml`, the pure state machine that
+//!   advances, pauses, promotes or rolls it back on guardrail verdicts and commands, driven by a
+//!   clock passed in, and the guardrail verdicts computed from a step's counts (not yet wired
+//!   into an endpoint);
+//! - [`stats`]: the statistics of A/B experiments and rollout guardrails, as pure functions:
+//!   fixed-horizon tests and intervals, sample size and power, sequential (always-valid) tests,
+//!   the sample-ratio-mismatch check, and hash buckets for single-threshold canary ramps.
 
 use std::sync::{Arc, Weak};
 
@@ -22,26 +30,49 @@ pub mod definition;
 pub mod ensemble;
 mod own_stats;
 pub mod policy;
+pub mod rollout;
 pub mod rules;
 pub mod shadow;
 pub mod split;
+pub mod stats;
 #[cfg(test)]
 mod testing;
 
 use definition::Definition;
 pub use shadow::ShadowOptions;
 
+/// What endpoints need from the server beyond their definition.
+#[derive(Clone, Default)]
+pub struct BuildOptions {
+    pub shadow: ShadowOptions,
+    /// Where rollouts keep their state; `None`: in memory only (a restart starts them over).
+    pub rollouts: Option<Arc<dyn rollout::store::RolloutStore>>,
+}
+
 /// The endpoint `definition` declares, finding its targets through `resolver`.
 pub fn build(
     name: &str,
     definition: Definition,
     resolver: Weak<dyn Resolver>,
-    shadow: &ShadowOptions,
+    opts: &BuildOptions,
 ) -> Result<Arc<dyn Endpoint>, ServeError> {
     Ok(match definition {
-        Definition::Shadow { primary, shadows, compare, log_sample } => {
-            Arc::new(shadow::ShadowEndpoint::new(name, primary, shadows, compare, log_sample, resolver, shadow.clone()))
-        }
+        Definition::Shadow { primary, shadows, compare, log_sample } => Arc::new(shadow::ShadowEndpoint::new(
+            name,
+            primary,
+            shadows,
+            compare,
+            log_sample,
+            resolver,
+            opts.shadow.clone(),
+        )),
+        Definition::Rollout(plan) => Arc::new(rollout::endpoint::RolloutEndpoint::new(
+            name,
+            *plan,
+            resolver,
+            &opts.shadow,
+            opts.rollouts.clone(),
+        )?),
         Definition::Ensemble { spec, versions } => Arc::new(ensemble::Ensemble::new(name, spec, versions, resolver)),
         d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
             Arc::new(policy::Policy::new(name, d, resolver)?)

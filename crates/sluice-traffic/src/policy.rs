@@ -43,14 +43,17 @@ impl Policy {
     /// A route, cascade or split over `definition`'s targets (a shadow is a
     /// [`crate::shadow::ShadowEndpoint`]).
     pub fn new(name: &str, definition: Definition, resolver: Weak<dyn Resolver>) -> Result<Policy, ServeError> {
-        if let Definition::Shadow { .. } | Definition::Ensemble { .. } = definition {
-            return Err(ServeError::Internal(format!("endpoint '{name}': a shadow or an ensemble is not a Policy")));
+        if let Definition::Shadow { .. } | Definition::Ensemble { .. } | Definition::Rollout(_) = definition {
+            return Err(ServeError::Internal(format!(
+                "endpoint '{name}': a shadow, a rollout or an ensemble is not a Policy"
+            )));
         }
         let split_keys = match &definition {
             Definition::Split { targets, .. } => targets.iter().map(|(t, w)| (target_key(t), *w)).collect(),
             Definition::Route { .. }
             | Definition::Cascade { .. }
             | Definition::Shadow { .. }
+            | Definition::Rollout(_)
             | Definition::Ensemble { .. } => Vec::new(),
         };
         let flat: Vec<Target> = definition.targets().into_iter().cloned().collect();
@@ -87,6 +90,7 @@ impl Policy {
             Definition::Cascade { .. } => "cascade",
             Definition::Split { .. } => "split",
             Definition::Shadow { .. } => "shadow",
+            Definition::Rollout(_) => "rollout",
             Definition::Ensemble { .. } => "ensemble",
         }
     }
@@ -98,6 +102,7 @@ impl Policy {
             Definition::Cascade { stages } => &stages[stages.len() - 1].target,
             Definition::Split { targets, .. } => &targets[0].0,
             Definition::Shadow { primary, .. } => primary,
+            Definition::Rollout(plan) => &plan.baseline,
             Definition::Ensemble { spec, .. } => &spec.steps[0].target,
         }
     }
@@ -128,7 +133,10 @@ impl Policy {
                 let unit = unit.unwrap_or(Cow::Borrowed(ctx.request_id.as_str()));
                 Ok(Some((split::assign(&self.name, &unit, &self.split_keys), None)))
             }
-            Definition::Cascade { .. } | Definition::Shadow { .. } | Definition::Ensemble { .. } => Ok(None),
+            Definition::Cascade { .. }
+            | Definition::Shadow { .. }
+            | Definition::Rollout(_)
+            | Definition::Ensemble { .. } => Ok(None),
         }
     }
 

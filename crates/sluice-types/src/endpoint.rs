@@ -139,10 +139,63 @@ pub trait Endpoint: Send + Sync {
         None
     }
 
+    /// The controls of a rollout (`kind: rollout`), for `/v2/endpoints/{name}/rollout` and
+    /// `sluice rollout`; `None` for anything else.
+    fn rollout(&self) -> Option<&dyn RolloutControl> {
+        None
+    }
+
     /// A traffic policy's counters for `/metrics`.
     fn counters(&self) -> Vec<TrafficCounter> {
         Vec::new()
     }
+}
+
+/// What a person may do to a rollout, each with a reason that goes into its history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// Hold the current step's traffic and stop advancing.
+    Pause,
+    /// Back to the paused step, its hold restarted.
+    Resume,
+    /// All traffic to the candidate, for good.
+    Promote,
+    /// All traffic to the baseline, for good.
+    Rollback,
+}
+
+impl RolloutAction {
+    pub const NAMES: [&'static str; 4] = ["pause", "resume", "promote", "rollback"];
+
+    pub fn parse(s: &str) -> Option<RolloutAction> {
+        match s {
+            "pause" => Some(RolloutAction::Pause),
+            "resume" => Some(RolloutAction::Resume),
+            "promote" => Some(RolloutAction::Promote),
+            "rollback" => Some(RolloutAction::Rollback),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// A rollout as the edges see it: its status, and the commands a person may give it.
+pub trait RolloutControl: Send + Sync {
+    /// Phase, step, time in step, traffic, each guardrail's value, threshold and verdict, and the
+    /// history, as JSON.
+    fn status(&self) -> serde_json::Value;
+
+    /// Applies `action` (its transition is recorded with `reason`) and answers the new status;
+    /// `Conflict` when the rollout's phase does not allow it.
+    fn command(&self, action: RolloutAction, reason: &str) -> Result<serde_json::Value, ServeError>;
 }
 
 /// One counter a traffic policy keeps, as `/metrics` shows it.

@@ -65,6 +65,11 @@ fn targets_of(e: &Value) -> String {
     if let Some(p) = e["primary"].as_str() {
         names.push(format!("{p} (primary)"));
     }
+    for side in ["baseline", "candidate"] {
+        if let Some(t) = e[side]["target"].as_str() {
+            names.push(format!("{t} ({side})"));
+        }
+    }
     for key in ["targets", "shadows"] {
         for t in e[key].as_array().into_iter().flatten() {
             let n = str_of(t, "target").to_string();

@@ -9,6 +9,7 @@ mod logging;
 mod models;
 mod npy;
 mod output;
+mod rollout;
 
 /// Request buffers are allocated on tokio workers and freed on instance threads (and back);
 /// glibc's malloc spent about a tenth of the server's CPU on that under load, mimalloc a fraction.
@@ -63,6 +64,9 @@ enum Command {
     /// List the endpoints (endpoint.yaml) of a running server, or show one: its targets and
     /// what it counted (a shadow's agreement, errors, drops and latencies).
     Endpoints(endpoints::EndpointsArgs),
+    /// Show a rollout endpoint (step, traffic, guardrails, history), or pause, resume, promote or
+    /// roll it back with a reason.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,7 +176,8 @@ struct EngineArgs {
 /// Where jobs live and how webhooks go.
 #[derive(clap::Args)]
 struct JobArgs {
-    /// Where asynchronous jobs are kept (embedded store; default $SLUICE_HOME/state).
+    /// Where asynchronous jobs and rollout states are kept (embedded store; default
+    /// $SLUICE_HOME/state).
     #[arg(long, env = "SLUICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Keep jobs in Redis instead (redis://host:port/db), shared by every server and worker
@@ -225,6 +230,9 @@ impl EngineArgs {
                 log_dir: Some(self.shadow_log_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("shadow"))),
                 ..Default::default()
             },
+            // Set by `serve`, which has the state directory; a worker keeps none (a rollout is
+            // driven by the server that serves it).
+            rollout_state_dir: None,
         }
     }
 }
@@ -264,6 +272,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => client::finish(rt.block_on(generate::run(args))),
         Command::Jobs(args) => client::finish(rt.block_on(jobs::run(args))),
         Command::Endpoints(args) => client::finish(rt.block_on(endpoints::run(args))),
+        Command::Rollout(args) => client::finish(rt.block_on(rollout::run(args))),
     }
 }
 
@@ -279,7 +288,9 @@ fn exit_server(result: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let engine = sluice_server::build_engine(&args.engine.options()).await?;
+    let state_dir = args.jobs.state_dir.clone().unwrap_or_else(|| sluice_repository::remote::data_dir("state"));
+    let opts = EngineOptions { rollout_state_dir: Some(state_dir.join("rollouts")), ..args.engine.options() };
+    let engine = sluice_server::build_engine(&opts).await?;
     let cfg = ServerConfig {
         host: args.host,
         http_port: args.http_port,

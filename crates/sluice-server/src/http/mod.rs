@@ -6,6 +6,7 @@ mod generate;
 mod jobs;
 mod logprobs;
 mod openai;
+mod rollout;
 
 use std::sync::Arc;
 
@@ -105,6 +106,8 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
         .route("/v2/endpoints", get(endpoints_list))
         .route("/v2/endpoints/{name}", get(endpoint_status))
+        .route("/v2/endpoints/{name}/rollout", get(rollout::status))
+        .route("/v2/endpoints/{name}/rollout/{action}", post(rollout::command))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
