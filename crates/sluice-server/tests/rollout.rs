@@ -140,8 +140,8 @@ async fn a_faulty_candidate_is_rolled_back_in_its_first_canary_step() {
 async fn a_healthy_candidate_walks_every_step_and_is_promoted() {
     let dir = repo(
         "kind: rollout\nbaseline: { model: add_sub, version: 1 }\ncandidate: { model: add_sub, version: 2 }\n\
-         unit: { header: x-user-id }\nsteps:\n  - { shadow: 1.0, hold: 1s, min_requests: 50 }\n\
-           - { weight: 5, hold: 1s }\n  - { weight: 25, hold: 1s }\n  - { weight: 50, hold: 1s }\n  - { weight: 100 }\n\
+         unit: { header: x-user-id }\nsteps:\n  - { shadow: 1.0, hold: 1s, min_requests: 50 }\n  \
+         - { weight: 5, hold: 1s }\n  - { weight: 25, hold: 1s }\n  - { weight: 50, hold: 1s }\n  - { weight: 100 }\n\
          guardrails:\n  - { metric: error_rate, max_increase: 0.05 }\n  - { metric: srm }\n",
     );
     let state = tempfile::tempdir().unwrap();
@@ -237,7 +237,8 @@ async fn commands_by_hand_and_a_restart_in_the_middle() {
     let (_, back) = command(&base, "rollback", "v2 is wrong for EU users").await;
     assert_eq!(phase(&back), json!("rolled_back"));
     let last = back["status"]["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["cause"].as_str(), last["reason"].as_str()), (Some("command"), Some("v2 is wrong for EU users")));
+    assert_eq!(last["cause"], "command");
+    assert!(last["reason"].as_str().unwrap().contains("v2 is wrong for EU users"), "{last}");
     let (code, body) = command(&base, "promote", "too late").await;
     assert_eq!(code, 409, "{body}");
     let answers = send(&base, 40, 0).await;

@@ -586,7 +586,7 @@ impl RolloutControl for RolloutEndpoint {
                 RolloutAction::Promote => live.machine.promote(now, reason),
                 RolloutAction::Rollback => live.machine.rollback(now, reason),
             }
-            .map(|t| t.clone())
+            .cloned()
             .map_err(|why| {
                 ServeError::Conflict(format!("rollout '{}': cannot {}: {why}", inner.name, action.as_str()))
             })?;
