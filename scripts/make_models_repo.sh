@@ -16,6 +16,7 @@
 #   spam-text, spam-text-accurate  the same taking TEXT (BYTES), tokenized by the server
 #   spam-cascade              an endpoint: spam-text, then spam-text-accurate when it is unsure
 #   spam-shadow               an endpoint: spam-text answers, spam-text-accurate gets a copy
+#   spam-rollout              an endpoint: spam-text-accurate rolled out over spam-text in steps
 #   efficientnet-lite0        input FP32 [N, 3, 224, 224] -> logits FP32 [N, 1000]
 set -euo pipefail
 
@@ -144,6 +145,28 @@ compare: { output: label }
 log: { sample: 0.1 }
 EOF
 
+# spam-rollout: a rollout (docs/rollouts.md): spam-text-accurate replaces spam-text, first in the
+# shadow, then for 10 % and 50 % of users (x-user-id), each step held 10 minutes, under
+# guardrails; `sluice rollout status spam-rollout` follows it.
+mkdir -p "$dir/spam-rollout"
+cat >"$dir/spam-rollout/endpoint.yaml" <<'EOF'
+# Written by scripts/make_models_repo.sh.
+kind: rollout
+baseline: { model: spam-text }
+candidate: { model: spam-text-accurate }
+unit: { header: x-user-id }
+steps:
+  - { shadow: 1.0, hold: 10m, min_requests: 200 }
+  - { weight: 10, hold: 10m, min_requests: 200 }
+  - { weight: 50, hold: 10m }
+  - { weight: 100 }
+guardrails:
+  - { metric: error_rate, max_increase: 0.01 }
+  - { metric: latency_p99, max_ratio: 4.0 }
+  - { metric: disagreement, output: label, max: 0.1 }
+  - { metric: srm }
+EOF
+
 # smollm: a generative model (candle backend). No config: a directory holding
 # <version>/model.gguf and tokenizer.json is served as one.
 link "$models/smollm2-135m-instruct/model.gguf" "$dir/smollm/1/model.gguf"
@@ -200,4 +223,5 @@ done
 echo "  smollm -> $(readlink "$dir/smollm/1/model.gguf")"
 echo "  spam-cascade: an endpoint, spam-text then spam-text-accurate (spam-cascade/endpoint.yaml)"
 echo "  spam-shadow: an endpoint, spam-text answering with spam-text-accurate as its shadow (spam-shadow/endpoint.yaml)"
+echo "  spam-rollout: a rollout of spam-text-accurate over spam-text (spam-rollout/endpoint.yaml)"
 echo "serve it with: sluice serve --model-repository $dir"

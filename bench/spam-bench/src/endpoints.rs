@@ -29,8 +29,8 @@ pub struct Served {
 
 impl Served {
     /// Builds the repository (`scripts/make_models_repo.sh` plus `endpoints`: name and YAML),
-    /// gives the models in `lowered` `optimization { priority: PRIORITY_MIN }`, starts Sluice on
-    /// it (explicit mode), and loads `models`, then `endpoints`.
+    /// appends `extra` (model, config text) to those models' `config.pbtxt`, starts Sluice on it
+    /// (explicit mode), and loads `models`, then `endpoints`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         bin: Option<&Path>,
@@ -40,17 +40,19 @@ impl Served {
         rt: &tokio::runtime::Runtime,
         models: &[&str],
         endpoints: &[(String, String)],
-        lowered: &[&str],
+        extra: &[(&str, String)],
     ) -> Result<Served> {
         let bin = sluice_bin(bin)?;
         let lib = find_library(ort_lib).map_err(|e| anyhow!("{e}"))?;
         let tmp = tempfile::Builder::new().prefix("spam-bench-endpoints-").tempdir()?;
         let repo = tmp.path().join("models");
         make_repository(&repo, models_dir)?;
-        for m in lowered {
+        for (m, more) in extra {
             let config = repo.join(m).join("config.pbtxt");
             let mut text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            text.push_str("\noptimization { priority: PRIORITY_MIN }\n");
+            text.push('\n');
+            text.push_str(more);
+            text.push('\n');
             fs::write(&config, text)?;
         }
         for (name, yaml) in endpoints {

@@ -67,12 +67,31 @@ pub struct ShadowCostArgs {
     /// lowest CPU priority, as the README advises for a shadow candidate) or `default`.
     #[arg(long, default_value = "min", value_parser = ["min", "default"])]
     candidate_priority: String,
+    /// ONNX Runtime intra-op threads of the candidate alone (`intra_op_thread_count`); default:
+    /// the server's.
+    #[arg(long)]
+    candidate_threads: Option<usize>,
     /// Where to write the JSON results (default: <repo root>/bench/results/shadow-cost.json).
     #[arg(long)]
     json: Option<PathBuf>,
     /// Keep the temporary model repository and the server log.
     #[arg(long)]
     keep_repo: bool,
+}
+
+/// What the candidate's config gets beside the repository's: its priority and thread count.
+fn candidate_config(args: &ShadowCostArgs) -> Vec<(&'static str, String)> {
+    let mut extra = Vec::new();
+    if args.candidate_priority == "min" {
+        extra.push((ACCURATE, "optimization { priority: PRIORITY_MIN }".to_string()));
+    }
+    if let Some(n) = args.candidate_threads {
+        extra.push((
+            ACCURATE,
+            format!("parameters {{ key: \"intra_op_thread_count\" value {{ string_value: \"{n}\" }} }}"),
+        ));
+    }
+    extra
 }
 
 fn shadow_yaml(share: f64) -> String {
@@ -204,7 +223,7 @@ pub fn run(
         &rt,
         &[FAST, ACCURATE],
         &[(SHADOW.to_string(), yaml.clone())],
-        if args.candidate_priority == "min" { &[ACCURATE] } else { &[] },
+        &candidate_config(&args),
     )?;
     let target = served.server.target.clone();
     let transport = if args.grpc { Transport::Grpc } else { Transport::Http };
@@ -339,6 +358,7 @@ pub fn run(
         "half_load_rates": res.rates.iter().map(|&r| num(r)).collect::<Vec<_>>(),
         "endpoint_yaml": yaml,
         "candidate_priority": args.candidate_priority,
+        "candidate_threads": args.candidate_threads,
         "emails": texts.len(),
         "full": level_json(Level::Full),
         "half": level_json(Level::Half),
@@ -378,7 +398,7 @@ fn render(
 ) -> String {
     let mut t = format!(
         "Machine: {}. ONNX Runtime intra-op threads {threads}; {}; {} interleaved round(s) of {} s per cell. Shadow: \
-         {ACCURATE} at share {}, priority {}. Medians over rounds; ratios: median of per-round shadow / direct \
+         {ACCURATE} at share {}, priority {}, threads {}. Medians over rounds; ratios: median of per-round shadow / direct \
          (min–max).\n\n",
         machine(),
         transport.name(),
@@ -386,6 +406,7 @@ fn render(
         args.seconds,
         args.share,
         args.candidate_priority,
+        args.candidate_threads.map_or("the server's".to_string(), |n| n.to_string()),
     );
     t.push_str(
         "| load | direct req/s | via shadow req/s | req/s ratio | direct p50 ms | via shadow p50 ms | direct p99 ms | \

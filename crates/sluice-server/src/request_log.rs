@@ -24,10 +24,13 @@ impl<B> MakeSpan<B> for RequestSpan {
         // Set by SetRequestIdLayer when the client sent none; `to_str` fails only on non-ASCII.
         let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let request_id = clip(id);
+        // The path by Display: a `&str` field is otherwise escaped character by character on
+        // every request (a path is percent-encoded, so it needs no quotes in text logs; the ids,
+        // which may hold anything, keep them).
         tracing::info_span!(
             "request",
             method = %req.method(),
-            path = req.uri().path(),
+            path = %req.uri().path(),
             request_id,
             id = tracing::field::Empty,
         )

@@ -80,6 +80,11 @@ fn phase_text(p: &Value) -> String {
     p.as_str().map(|s| s.replace('_', " ")).unwrap_or_else(|| p.to_string())
 }
 
+/// A number as people write it: `5`, `0.5` (JSON has `5.0`).
+fn plain(v: &Value) -> String {
+    v.as_f64().map(|x| format!("{x}")).unwrap_or_else(|| "-".into())
+}
+
 fn seconds(ms: &Value) -> String {
     ms.as_u64().map(|ms| format!("{:.1}s", ms as f64 / 1e3)).unwrap_or_else(|| "-".into())
 }
@@ -95,20 +100,23 @@ fn status_text(r: &Value) -> String {
     let _ = writeln!(out, "baseline:   {}", str_of(&r["baseline"], "target"));
     let _ = writeln!(out, "candidate:  {}", str_of(&r["candidate"], "target"));
     let mut phase = phase_text(&s["phase"]);
-    if let Some(k) = s["step"].as_u64() {
+    if s["step"].is_u64() {
         let _ = write!(phase, " of {}", s["steps"]);
-        if let Some(e) = s["step_definition"]["exposure"].as_object() {
-            let what = match (e.get("shadow"), e.get("weight")) {
-                (Some(sh), _) => format!("shadow {}", number(&sh["share"])),
-                (_, Some(w)) => format!("weight {}%", w["percent"]),
-                _ => String::new(),
-            };
-            let _ = write!(phase, " ({what}), step {k}");
+        let e = &s["step_definition"]["exposure"];
+        if let Some(share) = e.get("shadow").map(|x| &x["share"]) {
+            let _ = write!(phase, " (shadow, share {})", plain(share));
+        } else if let Some(percent) = e.get("weight").map(|x| &x["percent"]) {
+            let _ = write!(phase, " (weight {}%)", plain(percent));
         }
     }
     let _ = writeln!(out, "phase:      {phase}");
     let t = &s["traffic"];
-    let _ = writeln!(out, "traffic:    candidate {}%, shadow share {}", t["candidate_percent"], t["shadow_share"]);
+    let _ = writeln!(
+        out,
+        "traffic:    candidate {}%, shadow share {}",
+        plain(&t["candidate_percent"]),
+        plain(&t["shadow_share"])
+    );
     if s["step"].is_u64() {
         let _ = writeln!(
             out,
