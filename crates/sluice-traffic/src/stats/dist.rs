@@ -266,14 +266,7 @@ pub fn chi_square_sf(x: f64, df: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rel(got: f64, want: f64) -> f64 {
-        if got == want {
-            0.0
-        } else {
-            ((got - want) / want).abs()
-        }
-    }
+    use crate::stats::rel;
 
     #[test]
     fn normal_quantile_matches_wichura() {

@@ -39,6 +39,16 @@ pub mod srm;
 #[cfg(test)]
 mod reference;
 
+/// The relative error of `got` against `want` (0 when equal, infinities included), for tests.
+#[cfg(test)]
+pub(crate) fn rel(got: f64, want: f64) -> f64 {
+    if got == want {
+        0.0
+    } else {
+        ((got - want) / want).abs()
+    }
+}
+
 pub use bucketing::{growthbook_hash, routes_to_candidate, HashVersion};
 pub use compare_arms::{
     proportion_difference_interval, two_proportion_z_test, welch_t_test, welch_t_test_samples, wilson_interval,

@@ -306,14 +306,7 @@ pub(super) fn beta_reg_half_large_a(a: f64, x: f64, y: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rel(got: f64, want: f64) -> f64 {
-        if got == want {
-            0.0
-        } else {
-            ((got - want) / want).abs()
-        }
-    }
+    use crate::stats::rel;
 
     #[test]
     fn erfc_matches_the_c_library_over_its_range() {
