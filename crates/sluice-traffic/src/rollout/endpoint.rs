@@ -132,6 +132,8 @@ struct Live {
 
 struct Inner {
     name: String,
+    /// The machine's plan, read without its lock: it never changes while the endpoint lives.
+    plan: Arc<RolloutPlan>,
     resolver: Weak<dyn Resolver>,
     /// The salt of canary assignment: the endpoint and its candidate (see [`super::canary`]).
     salt: String,
@@ -175,6 +177,7 @@ impl RolloutEndpoint {
             Metric::ErrorRate | Metric::LatencyP99 | Metric::Feedback { .. } | Metric::Srm => None,
         });
         let now = now_ms();
+        let shared_plan = Arc::new(plan.clone());
         let mut started = None;
         let machine = match saved {
             Some(s) if s.baseline == baseline && s.candidate == candidate => {
@@ -195,6 +198,7 @@ impl RolloutEndpoint {
         tracing::info!(endpoint = name, baseline, candidate, phase = %machine.phase(), "rollout loaded");
         let inner = Arc::new(Inner {
             name: name.to_string(),
+            plan: shared_plan,
             resolver,
             salt: format!("{name}/{candidate}"),
             compared_output,
@@ -229,19 +233,23 @@ async fn tick(inner: Weak<Inner>) {
 }
 
 impl Inner {
-    fn plan(live: &Live) -> &RolloutPlan {
-        live.machine.plan()
-    }
-
     /// Reads the guardrails of the running (or paused by hand) step and lets the machine act.
+    /// The counts are copied under the lock and judged outside it (sorting latency windows is
+    /// not for the request path to wait on); a step that changed meanwhile is not judged on them.
     fn observe(&self, now: u64) {
-        let mut live = self.live.lock();
-        let Some(k) = live.machine.phase().step() else { return };
-        let step = Self::plan(&live).steps[k];
-        let counts = live.step.counts();
-        let readings = guardrails::evaluate(Self::plan(&live), &step, &counts);
-        let candidate_requests = if step.is_shadow() { live.step.copies } else { counts.candidate.requests };
+        let (phase, started, counts, copies) = {
+            let live = self.live.lock();
+            (live.machine.phase(), live.machine.state().step_started_ms, live.step.counts(), live.step.copies)
+        };
+        let Some(k) = phase.step() else { return };
+        let step = self.plan.steps[k];
+        let readings = guardrails::evaluate(&self.plan, &step, &counts);
+        let candidate_requests = if step.is_shadow() { copies } else { counts.candidate.requests };
         let observation = Observation { candidate_requests_in_step: candidate_requests, guardrails: readings };
+        let mut live = self.live.lock();
+        if live.machine.phase() != phase || live.machine.state().step_started_ms != started {
+            return;
+        }
         if let Some(t) = live.machine.observe(now, &observation).cloned() {
             self.after_transition(&mut live, &t);
         }
@@ -271,23 +279,19 @@ impl Inner {
         }
     }
 
-    fn target(&self, side: usize) -> Target {
-        let live = self.live.lock();
-        let plan = Self::plan(&live);
+    fn target(&self, side: usize) -> &Target {
         if side == 0 {
-            plan.baseline.clone()
+            &self.plan.baseline
         } else {
-            plan.candidate.clone()
+            &self.plan.candidate
         }
     }
 
     fn fault(&self, side: usize) -> Option<Fault> {
-        let live = self.live.lock();
-        let plan = Self::plan(&live);
         if side == 0 {
-            plan.baseline_fault
+            self.plan.baseline_fault
         } else {
-            plan.candidate_fault
+            self.plan.candidate_fault
         }
     }
 
@@ -307,16 +311,15 @@ impl Inner {
                     "fault injected by rollout '{}' into {} ({})",
                     self.name,
                     SIDES[side],
-                    target_key(&target)
+                    target_key(target)
                 )));
             }
         }
-        resolve_target(&self.resolver, &target)?.infer(ctx, request).await
+        resolve_target(&self.resolver, target)?.infer(ctx, request).await
     }
 
     fn unit(&self, ctx: &RequestContext, request: &InferRequest) -> Option<String> {
-        let live = self.live.lock();
-        match &Self::plan(&live).unit {
+        match &self.plan.unit {
             Some(Sticky::Header(h)) => ctx.header(h).map(str::to_string),
             Some(Sticky::Parameter(p)) => request.parameters.get(p).map(|v| match v {
                 Value::String(s) => s.clone(),
@@ -443,14 +446,14 @@ impl RolloutEndpoint {
 
     /// The side that answers when traffic is all on one side, else the baseline: what the
     /// endpoint's metadata and readiness follow.
-    fn answering(&self) -> Target {
+    fn answering(&self) -> &Target {
         let phase = self.inner.live.lock().machine.phase();
         self.inner.target(usize::from(phase == Phase::Promoted))
     }
 
     fn status_json(&self) -> Value {
         let live = self.inner.live.lock();
-        let plan = Inner::plan(&live);
+        let plan = &self.inner.plan;
         let status = serde_json::to_value(live.machine.status(now_ms())).unwrap_or(Value::Null);
         let counts = live.step.counts();
         let side = |i: usize, c: ArmCounts, fault: Option<Fault>| {
@@ -491,7 +494,7 @@ impl Endpoint for RolloutEndpoint {
     /// Ready when the side that answers is (both, while both answer).
     fn ready(&self) -> bool {
         let phase = self.inner.live.lock().machine.phase();
-        let ready = |side: usize| self.resolve(&self.inner.target(side)).is_ok_and(|e| e.ready());
+        let ready = |side: usize| self.resolve(self.inner.target(side)).is_ok_and(|e| e.ready());
         match phase {
             Phase::Promoted => ready(1),
             Phase::RolledBack | Phase::Pending | Phase::Paused { by_failure: true, .. } => ready(0),
@@ -500,7 +503,7 @@ impl Endpoint for RolloutEndpoint {
     }
 
     fn metadata(&self) -> ModelMetadata {
-        let mut m = self.resolve(&self.answering()).map(|e| e.metadata()).unwrap_or_default();
+        let mut m = self.resolve(self.answering()).map(|e| e.metadata()).unwrap_or_default();
         m.name = self.inner.name.clone();
         m.versions = vec!["1".into()];
         m.platform = "sluice_endpoint".into();
@@ -508,7 +511,7 @@ impl Endpoint for RolloutEndpoint {
     }
 
     fn config(&self) -> Arc<ModelConfig> {
-        let mut c = self.resolve(&self.answering()).map(|e| (*e.config()).clone()).unwrap_or_default();
+        let mut c = self.resolve(self.answering()).map(|e| (*e.config()).clone()).unwrap_or_default();
         c.name = self.inner.name.clone();
         Arc::new(c)
     }
@@ -517,13 +520,13 @@ impl Endpoint for RolloutEndpoint {
     fn statistics(&self) -> Vec<ModelStatistics> {
         let mut out = vec![self.inner.own.entry(&self.inner.name, "1")];
         for side in 0..2 {
-            extend_unique(&mut out, self.resolve(&self.inner.target(side)).map(|e| e.statistics()).unwrap_or_default());
+            extend_unique(&mut out, self.resolve(self.inner.target(side)).map(|e| e.statistics()).unwrap_or_default());
         }
         out
     }
 
     fn check(&self, request: &InferRequest) -> Result<(), ServeError> {
-        self.resolve(&self.answering())?.check(request)
+        self.resolve(self.answering())?.check(request)
     }
 
     async fn infer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
@@ -549,7 +552,7 @@ impl Endpoint for RolloutEndpoint {
         let name = &inner.name;
         let mut out = Vec::new();
         for (i, side) in SIDES.iter().enumerate() {
-            let target = target_key(&inner.target(i));
+            let target = target_key(inner.target(i));
             out.push(TrafficCounter::requests(name, &target, inner.sent[i].load(Ordering::Relaxed)));
             out.push(TrafficCounter {
                 metric: "sluice_fault_injected_total",
