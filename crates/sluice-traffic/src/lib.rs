@@ -16,6 +16,9 @@
 //!   advances, pauses, promotes or rolls it back on guardrail verdicts and commands, driven by a
 //!   clock passed in, and the guardrail verdicts computed from a step's counts (not yet wired
 //!   into an endpoint);
+//! - [`experiment`]: the analysis of an A/B experiment (per-arm estimates, differences with
+//!   fixed-horizon and always-valid tests, planned size, SRM, a verdict in words), pure; the
+//!   endpoint that feeds it is not built yet;
 //! - [`stats`]: the statistics of A/B experiments and rollout guardrails, as pure functions:
 //!   fixed-horizon tests and intervals, sample size and power, sequential (always-valid) tests,
 //!   the sample-ratio-mismatch check, and hash buckets for single-threshold canary ramps.
@@ -28,6 +31,7 @@ pub mod cascade;
 pub mod compare;
 pub mod definition;
 pub mod ensemble;
+pub mod experiment;
 mod own_stats;
 pub mod policy;
 pub mod rollout;

@@ -66,7 +66,7 @@ pub use sequential::{
 pub use srm::{srm_chi_square, SrmCheck, SRM_THRESHOLD};
 
 /// A closed interval [lower, upper] on the scale of the difference it bounds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Interval {
     pub lower: f64,
     pub upper: f64,
