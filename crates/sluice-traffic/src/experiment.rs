@@ -17,6 +17,10 @@
 //! - The planned sample size (§1.4, the classic formula (a)) from the design's baseline rate,
 //!   minimum detectable effect, alpha and power.
 //! - SRM (§3): units per arm against the weights, flagged at p < 0.001.
+//!
+//! [`plan`] reads the experiment's `endpoint.yaml` (arms, metrics, design).
+
+pub mod plan;
 
 use serde::Serialize;
 
