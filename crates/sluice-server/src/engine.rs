@@ -222,6 +222,30 @@ impl Engine {
             .collect()
     }
 
+    /// Hands an outcome to the experiment it belongs to: the one that answered its request id,
+    /// or, for a unit, every experiment with its metric. `NotFound` when none takes it.
+    pub fn feedback(&self, fb: &sluice_types::Feedback) -> Result<serde_json::Value, ServeError> {
+        if fb.request_id.is_some() == fb.unit.is_some() {
+            return Err(ServeError::invalid("feedback names one of 'request_id' or 'unit'".to_string()));
+        }
+        let served: Vec<Arc<dyn Endpoint>> =
+            self.endpoints.read().values().filter_map(|d| d.served.as_ref().ok().cloned()).collect();
+        let mut taken = Vec::new();
+        for e in &served {
+            if let Some(result) = e.experiment().and_then(|x| x.feedback(fb)) {
+                taken.push(result?);
+            }
+        }
+        match (taken.len(), &fb.request_id) {
+            (0, Some(id)) => Err(ServeError::NotFound(format!(
+                "no experiment answered request id '{id}' (or it is older than the experiment's attribution window)"
+            ))),
+            (0, None) => Err(ServeError::NotFound(format!("no experiment has a metric named '{}'", fb.metric))),
+            (1, _) => Ok(taken.remove(0)),
+            _ => Ok(serde_json::Value::Array(taken)),
+        }
+    }
+
     /// Every served endpoint's counters, for `/metrics`.
     pub fn traffic_counters(&self) -> Vec<sluice_types::TrafficCounter> {
         let served: Vec<Arc<dyn Endpoint>> =

@@ -62,6 +62,8 @@ pub enum Definition {
     },
     /// A candidate rolled out over a baseline in steps, under guardrails.
     Rollout(Box<crate::rollout::RolloutPlan>),
+    /// Arms compared on outcomes fed back.
+    Experiment(Box<crate::experiment::plan::ExperimentPlan>),
     /// A Triton ensemble, read from its model config (not from `endpoint.yaml`), with the version
     /// directories it was found with.
     Ensemble {
@@ -96,6 +98,9 @@ impl Definition {
                 .collect(),
             Definition::Rollout(plan) => {
                 vec![("baseline".to_string(), &plan.baseline), ("candidate".to_string(), &plan.candidate)]
+            }
+            Definition::Experiment(plan) => {
+                plan.arms.iter().enumerate().map(|(i, a)| (format!("arms[{i}]"), &a.target)).collect()
             }
             Definition::Ensemble { spec, .. } => spec
                 .steps
@@ -180,6 +185,7 @@ impl Definition {
             Definition::Route { .. }
             | Definition::Split { .. }
             | Definition::Shadow { compare: None, .. }
+            | Definition::Experiment(_)
             | Definition::Ensemble { .. } => {}
         }
         Ok(())
@@ -290,7 +296,7 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
     let kind = doc
         .get("kind")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split, shadow or rollout"))?;
+        .ok_or_else(|| bad("", "'kind' is required: route, cascade, split, shadow, rollout or experiment"))?;
     match kind {
         "route" => {
             let m = mapping(doc, "", &["kind", "rules", "default"])?;
@@ -408,9 +414,11 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
             }
             Ok(Definition::Rollout(Box::new(plan)))
         }
-        other => {
-            Err(bad("kind", format!("unknown kind '{other}' (expected route, cascade, split, shadow or rollout)")))
-        }
+        "experiment" => Ok(Definition::Experiment(Box::new(crate::experiment::plan::parse(doc)?))),
+        other => Err(bad(
+            "kind",
+            format!("unknown kind '{other}' (expected route, cascade, split, shadow, rollout or experiment)"),
+        )),
     }
 }
 

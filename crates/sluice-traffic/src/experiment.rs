@@ -3,7 +3,7 @@
 //! difference from the control with its interval and p-value, the always-valid p-value of the
 //! sequential test and whether it has concluded, the planned sample size and the progress toward
 //! it, the sample-ratio check, and a verdict in words). The endpoint that assigns units to arms
-//! and receives feedback is built on it (issue 17); this module knows nothing of requests.
+//! and receives feedback ([`endpoint`]) is built on it; the analysis knows nothing of requests.
 //!
 //! - Fixed-horizon tests (reference README §1): the pooled two-proportion z-test for
 //!   proportions, Welch's t-test for means, each difference's interval (Newcombe for
@@ -20,6 +20,7 @@
 //!
 //! [`plan`] reads the experiment's `endpoint.yaml` (arms, metrics, design).
 
+pub mod endpoint;
 pub mod plan;
 
 use serde::Serialize;

@@ -16,9 +16,9 @@
 //!   advances, pauses, promotes or rolls it back on guardrail verdicts and commands, driven by a
 //!   clock passed in, and the guardrail verdicts computed from a step's counts (not yet wired
 //!   into an endpoint);
-//! - [`experiment`]: the analysis of an A/B experiment (per-arm estimates, differences with
-//!   fixed-horizon and always-valid tests, planned size, SRM, a verdict in words), pure; the
-//!   endpoint that feeds it is not built yet;
+//! - [`experiment`]: A/B experiments (`kind: experiment`): the plan, the endpoint that assigns
+//!   units to arms and takes outcomes fed back, and the analysis (per-arm estimates, differences
+//!   with fixed-horizon and always-valid tests, planned size, SRM, a verdict in words), pure;
 //! - [`stats`]: the statistics of A/B experiments and rollout guardrails, as pure functions:
 //!   fixed-horizon tests and intervals, sample size and power, sequential (always-valid) tests,
 //!   the sample-ratio-mismatch check, and hash buckets for single-threshold canary ramps.
@@ -77,6 +77,7 @@ pub fn build(
             &opts.shadow,
             opts.rollouts.clone(),
         )?),
+        Definition::Experiment(plan) => Arc::new(experiment::endpoint::ExperimentEndpoint::new(name, *plan, resolver)),
         Definition::Ensemble { spec, versions } => Arc::new(ensemble::Ensemble::new(name, spec, versions, resolver)),
         d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
             Arc::new(policy::Policy::new(name, d, resolver)?)

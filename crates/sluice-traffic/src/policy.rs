@@ -43,7 +43,11 @@ impl Policy {
     /// A route, cascade or split over `definition`'s targets (a shadow is a
     /// [`crate::shadow::ShadowEndpoint`]).
     pub fn new(name: &str, definition: Definition, resolver: Weak<dyn Resolver>) -> Result<Policy, ServeError> {
-        if let Definition::Shadow { .. } | Definition::Ensemble { .. } | Definition::Rollout(_) = definition {
+        if let Definition::Shadow { .. }
+        | Definition::Ensemble { .. }
+        | Definition::Rollout(_)
+        | Definition::Experiment(_) = definition
+        {
             return Err(ServeError::Internal(format!(
                 "endpoint '{name}': a shadow, a rollout or an ensemble is not a Policy"
             )));
@@ -54,6 +58,7 @@ impl Policy {
             | Definition::Cascade { .. }
             | Definition::Shadow { .. }
             | Definition::Rollout(_)
+            | Definition::Experiment(_)
             | Definition::Ensemble { .. } => Vec::new(),
         };
         let flat: Vec<Target> = definition.targets().into_iter().cloned().collect();
@@ -91,6 +96,7 @@ impl Policy {
             Definition::Split { .. } => "split",
             Definition::Shadow { .. } => "shadow",
             Definition::Rollout(_) => "rollout",
+            Definition::Experiment(_) => "experiment",
             Definition::Ensemble { .. } => "ensemble",
         }
     }
@@ -103,6 +109,7 @@ impl Policy {
             Definition::Split { targets, .. } => &targets[0].0,
             Definition::Shadow { primary, .. } => primary,
             Definition::Rollout(plan) => &plan.baseline,
+            Definition::Experiment(plan) => &plan.arms[0].target,
             Definition::Ensemble { spec, .. } => &spec.steps[0].target,
         }
     }
@@ -136,6 +143,7 @@ impl Policy {
             Definition::Cascade { .. }
             | Definition::Shadow { .. }
             | Definition::Rollout(_)
+            | Definition::Experiment(_)
             | Definition::Ensemble { .. } => Ok(None),
         }
     }

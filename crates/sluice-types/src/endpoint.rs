@@ -145,6 +145,11 @@ pub trait Endpoint: Send + Sync {
         None
     }
 
+    /// The controls of an experiment (`kind: experiment`): its report, feedback, stop.
+    fn experiment(&self) -> Option<&dyn ExperimentControl> {
+        None
+    }
+
     /// A traffic policy's counters for `/metrics`.
     fn counters(&self) -> Vec<TrafficCounter> {
         Vec::new()
@@ -196,6 +201,38 @@ pub trait RolloutControl: Send + Sync {
     /// Applies `action` (its transition is recorded with `reason`) and answers the new status;
     /// `Conflict` when the rollout's phase does not allow it.
     fn command(&self, action: RolloutAction, reason: &str) -> Result<serde_json::Value, ServeError>;
+}
+
+/// One outcome fed back to an experiment (`POST /v2/feedback`): a metric's value for the request
+/// that was answered (`request_id`) or for the randomization unit (`unit`), with an optional id
+/// of its own so that a repeated post counts once.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub unit: Option<String>,
+    pub metric: String,
+    pub value: f64,
+}
+
+/// An experiment as the edges see it.
+pub trait ExperimentControl: Send + Sync {
+    /// Per arm and metric: counts, estimates with intervals, differences, tests, planned size,
+    /// SRM and a verdict, as JSON. Reading it is a look of the sequential test.
+    fn report(&self) -> serde_json::Value;
+
+    /// Ends the experiment: from now on `arm` (else the control) answers every request.
+    /// `Conflict` when it has stopped already.
+    fn stop(&self, arm: Option<&str>, reason: &str) -> Result<serde_json::Value, ServeError>;
+
+    /// Takes one outcome: `None` when it is not this experiment's (the request id is not one it
+    /// answered, or, for a unit, it has no such metric); else whether it counted
+    /// (`{"counted": bool}`, false for a repeated id) or why it cannot.
+    fn feedback(&self, feedback: &Feedback) -> Option<Result<serde_json::Value, ServeError>>;
 }
 
 /// One counter a traffic policy keeps, as `/metrics` shows it.

@@ -17,7 +17,10 @@ mod tensor;
 
 pub use config::{CpuPriority, ModelConfig};
 pub use datatype::DataType;
-pub use endpoint::{Answer, Endpoint, RequestContext, Resolver, RolloutAction, RolloutControl, TrafficCounter};
+pub use endpoint::{
+    Answer, Endpoint, ExperimentControl, Feedback, RequestContext, Resolver, RolloutAction, RolloutControl,
+    TrafficCounter,
+};
 pub use error::{Result, ServeError};
 pub use request::{InferRequest, InferResponse, Parameters, RequestedOutput, Timings};
 pub use tensor::{element_count, Element, Tensor, TensorData};

@@ -2,6 +2,7 @@
 
 mod client;
 mod endpoints;
+mod experiment;
 mod generate;
 mod infer;
 mod jobs;
@@ -67,6 +68,8 @@ enum Command {
     /// Show a rollout endpoint (step, traffic, guardrails, history), or pause, resume, promote or
     /// roll it back with a reason.
     Rollout(rollout::RolloutArgs),
+    /// Show an experiment endpoint (arms, metrics, tests, verdict), or stop it on an arm.
+    Experiment(experiment::ExperimentArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,6 +276,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => client::finish(rt.block_on(jobs::run(args))),
         Command::Endpoints(args) => client::finish(rt.block_on(endpoints::run(args))),
         Command::Rollout(args) => client::finish(rt.block_on(rollout::run(args))),
+        Command::Experiment(args) => client::finish(rt.block_on(experiment::run(args))),
     }
 }
 

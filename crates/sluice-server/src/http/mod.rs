@@ -2,6 +2,7 @@
 
 mod codec;
 mod completions;
+mod experiment;
 mod generate;
 mod jobs;
 mod logprobs;
@@ -108,6 +109,9 @@ pub fn router(engine: Arc<Engine>, max_body_bytes: usize, jobs: Option<Arc<sluic
         .route("/v2/endpoints/{name}", get(endpoint_status))
         .route("/v2/endpoints/{name}/rollout", get(rollout::status))
         .route("/v2/endpoints/{name}/rollout/{action}", post(rollout::command))
+        .route("/v2/endpoints/{name}/experiment", get(experiment::report))
+        .route("/v2/endpoints/{name}/experiment/stop", post(experiment::stop))
+        .route("/v2/feedback", post(experiment::feedback))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
