@@ -35,6 +35,25 @@ pub enum Sticky {
     Parameter(String),
 }
 
+impl Sticky {
+    /// The unit of a request: the header's value, or the parameter's (a non-string parameter as
+    /// its JSON text); `None` when the request does not carry it.
+    pub fn unit<'a>(
+        &self,
+        ctx: &'a sluice_types::RequestContext,
+        req: &'a sluice_types::InferRequest,
+    ) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        match self {
+            Sticky::Header(h) => ctx.header(h).map(Cow::Borrowed),
+            Sticky::Parameter(p) => req.parameters.get(p).map(|v| match v {
+                serde_json::Value::String(s) => Cow::Borrowed(s.as_str()),
+                other => Cow::Owned(other.to_string()),
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shadow {
     pub target: Target,

@@ -19,7 +19,7 @@ use sluice_types::{
 };
 
 use crate::cascade;
-use crate::definition::{Definition, Rule, Stage, Sticky, Target};
+use crate::definition::{Definition, Rule, Stage, Target};
 use crate::own_stats::{extend_unique, OwnStats};
 use crate::split;
 
@@ -128,14 +128,7 @@ impl Policy {
                 }
             }
             Definition::Split { sticky, .. } => {
-                let unit: Option<Cow<'_, str>> = match sticky {
-                    Some(Sticky::Header(h)) => ctx.header(h).map(Cow::Borrowed),
-                    Some(Sticky::Parameter(p)) => req.parameters.get(p).map(|v| match v {
-                        Value::String(s) => Cow::Borrowed(s.as_str()),
-                        other => Cow::Owned(other.to_string()),
-                    }),
-                    None => None,
-                };
+                let unit = sticky.as_ref().and_then(|s| s.unit(ctx, req));
                 // Without a unit, each request is its own (its id is unique per request).
                 let unit = unit.unwrap_or(Cow::Borrowed(ctx.request_id.as_str()));
                 Ok(Some((split::assign(&self.name, &unit, &self.split_keys), None)))

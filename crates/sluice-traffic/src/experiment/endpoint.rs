@@ -29,7 +29,7 @@ use sluice_types::{
 
 use super::plan::{ExperimentPlan, MetricKind};
 use super::{srm_p, verdict, Analysis, Outcomes};
-use crate::definition::{Sticky, Target};
+use crate::definition::Target;
 use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{requests_by_target, resolve_target, tag, target_key};
 use crate::split;
@@ -135,14 +135,7 @@ impl ExperimentEndpoint {
     }
 
     fn unit(&self, ctx: &RequestContext, request: &InferRequest) -> Option<String> {
-        match &self.plan.unit {
-            Some(Sticky::Header(h)) => ctx.header(h).map(str::to_string),
-            Some(Sticky::Parameter(p)) => request.parameters.get(p).map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            None => None,
-        }
+        self.plan.unit.as_ref().and_then(|u| u.unit(ctx, request)).map(|u| u.into_owned())
     }
 
     fn arm_of_unit(&self, unit: &str) -> usize {

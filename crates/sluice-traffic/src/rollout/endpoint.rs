@@ -39,7 +39,7 @@ use super::machine::{Cause, Observation, Phase, Rollout, Transition};
 use super::plan::{Fault, Metric, RolloutPlan};
 use super::store::{RolloutStore, Saved};
 use crate::compare::{compare, Comparison, LatencyWindow};
-use crate::definition::{Sticky, Target};
+use crate::definition::Target;
 use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{resolve_target, tag, target_key};
 use crate::shadow::ShadowOptions;
@@ -319,14 +319,7 @@ impl Inner {
     }
 
     fn unit(&self, ctx: &RequestContext, request: &InferRequest) -> Option<String> {
-        match &self.plan.unit {
-            Some(Sticky::Header(h)) => ctx.header(h).map(str::to_string),
-            Some(Sticky::Parameter(p)) => request.parameters.get(p).map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-            None => None,
-        }
+        self.plan.unit.as_ref().and_then(|u| u.unit(ctx, request)).map(|u| u.into_owned())
     }
 
     /// Counts an answer of the step that began at `step_started` (a request that straddles a
