@@ -240,7 +240,11 @@ impl Engine {
             (0, Some(id)) => Err(ServeError::NotFound(format!(
                 "no experiment answered request id '{id}' (or it is older than the experiment's attribution window)"
             ))),
-            (0, None) => Err(ServeError::NotFound(format!("no experiment has a metric named '{}'", fb.metric))),
+            (0, None) => Err(ServeError::NotFound(format!(
+                "no experiment with a metric named '{}' has seen unit '{}'",
+                fb.metric,
+                fb.unit.as_deref().unwrap_or_default()
+            ))),
             (1, _) => Ok(taken.remove(0)),
             _ => Ok(serde_json::Value::Array(taken)),
         }

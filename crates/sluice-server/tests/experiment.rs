@@ -100,6 +100,9 @@ async fn an_experiment_finds_a_real_difference_and_stops_on_the_winner() {
     assert!(e["error"].as_str().unwrap().contains("has no metric 'likes' (it has: click, revenue)"), "{e}");
     let (code, e) = post(&base, "/v2/feedback", &json!({"request_id": "nobody", "metric": "click", "value": 1})).await;
     assert_eq!(code, 404, "{e}");
+    let (code, e) = post(&base, "/v2/feedback", &json!({"unit": "never-seen", "metric": "click", "value": 1})).await;
+    assert_eq!(code, 404, "a unit never exposed is nobody's: {e}");
+    assert!(e["error"].as_str().unwrap().contains("has seen unit 'never-seen'"), "{e}");
     let (code, e) = post(&base, "/v2/feedback", &json!({"request_id": "req-3", "metric": "click", "value": 2})).await;
     assert_eq!(code, 400);
     assert!(e["error"].as_str().unwrap().contains("is a proportion: its value is 0 or 1, got 2"), "{e}");

@@ -9,7 +9,8 @@
 //! - A proportion metric's rate is the exposed units (requests without a sticky unit) that had a
 //!   `1` fed back, over the exposed units; a mean metric's mean is over the values fed back.
 //! - Feedback names a request id (attributed to the arm that answered it, while the id is
-//!   remembered) or a unit (its arm by the hash); a repeated feedback `id` counts once.
+//!   remembered) or a unit that was exposed (its arm by the hash); a repeated feedback `id`
+//!   counts once.
 //! - Counts live in memory: a restart starts the experiment's counts over (assignment does not
 //!   change). Several replicas do not add their counts up yet.
 
@@ -335,7 +336,12 @@ impl ExperimentControl for ExperimentEndpoint {
             }
             (None, Some(unit)) => {
                 metric?;
-                (self.arm_of_unit(unit), hash(unit))
+                let (arm, subject) = (self.arm_of_unit(unit), hash(unit));
+                // A unit this experiment never showed an arm to is not its to count.
+                if !live.exposed[arm].contains(&subject) {
+                    return None;
+                }
+                (arm, subject)
             }
             (None, None) => return None,
         };
