@@ -45,6 +45,11 @@ mod testing;
 use definition::Definition;
 pub use shadow::ShadowOptions;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the time endpoints record.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What endpoints need from the server beyond their definition.
 #[derive(Clone, Default)]
 pub struct BuildOptions {

@@ -2,8 +2,6 @@
 //! reports an ensemble: clients such as perf_analyzer look for an entry under the name they
 //! asked for, then read the composing models' entries after it.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use parking_lot::Mutex;
 use sluice_types::api::{InferenceStats, ModelStatistics, StatDuration};
 
@@ -28,7 +26,7 @@ impl OwnStats {
         d.ns += ns;
         if ok {
             c.inferences += inferences;
-            c.last_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            c.last_ms = crate::now_ms();
         }
     }
 

@@ -33,6 +33,12 @@ fn point_of(salt: &str, parts: &[&[u8]]) -> f64 {
     ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
+/// A fixed 53-bit hash of `key`, for remembering units and requests in sets without keeping
+/// their text.
+pub fn key_hash(key: &str) -> u64 {
+    (point("key", key) * (1u64 << 53) as f64) as u64
+}
+
 /// Which of `targets` (a stable name each, and its weight) `unit` goes to. Weights are
 /// non-negative with a positive sum ([`check_weights`]); a zero weight gets no unit.
 pub fn assign<S: AsRef<str>>(salt: &str, unit: &str, targets: &[(S, f64)]) -> usize {

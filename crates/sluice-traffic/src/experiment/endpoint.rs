@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -39,14 +39,6 @@ use crate::stats::{BinomialCounts, RunningMoments};
 /// Request ids remembered for attribution, and feedback ids for deduplication, at most.
 const MAX_REMEMBERED: usize = 1_000_000;
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn hash(s: &str) -> u64 {
-    (split::point("subject", s) * (1u64 << 53) as f64) as u64
-}
-
 enum Collected {
     /// Subjects (units, or requests) with a success.
     Proportion(HashSet<u64>),
@@ -63,7 +55,7 @@ struct Live {
     /// Per arm: the subjects exposed.
     exposed: Vec<HashSet<u64>>,
     /// Request id → (arm, subject), and the order they came in (oldest first), for expiry.
-    answered: HashMap<String, (usize, u64, u64)>,
+    answered: HashMap<String, (usize, u64)>,
     order: VecDeque<(u64, String)>,
     feedback_ids: HashSet<String>,
     feedback_order: VecDeque<String>,
@@ -150,17 +142,17 @@ impl ExperimentEndpoint {
     async fn answer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
         let unit = self.unit(ctx, &request);
         let subject = unit.as_deref().unwrap_or(&ctx.request_id).to_string();
-        let now = now_ms();
+        let now = crate::now_ms();
         let arm = {
             let mut live = self.live.lock();
             match &live.stopped {
                 Some(s) => s.arm,
                 None => {
                     let arm = self.arm_of_unit(&subject);
-                    let h = hash(&subject);
+                    let h = split::key_hash(&subject);
                     live.exposed[arm].insert(h);
                     if !ctx.request_id.is_empty() {
-                        live.answered.insert(ctx.request_id.clone(), (arm, h, now));
+                        live.answered.insert(ctx.request_id.clone(), (arm, h));
                         live.order.push_back((now, ctx.request_id.clone()));
                         live.forget_old(now, self.plan.attribution_ms);
                     }
@@ -320,7 +312,7 @@ impl ExperimentControl for ExperimentEndpoint {
                     self.name, self.plan.arms[s.arm].name, s.reason
                 )));
             }
-            live.stopped = Some(Stopped { arm: index, reason: reason.to_string(), at_ms: now_ms() });
+            live.stopped = Some(Stopped { arm: index, reason: reason.to_string(), at_ms: crate::now_ms() });
         }
         tracing::info!(endpoint = %self.name, arm = %self.plan.arms[index].name, reason, "experiment stopped");
         Ok(self.report_json())
@@ -330,13 +322,10 @@ impl ExperimentControl for ExperimentEndpoint {
         let metric = self.plan.metrics.iter().position(|m| m.name == fb.metric);
         let mut live = self.live.lock();
         let (arm, subject) = match (&fb.request_id, &fb.unit) {
-            (Some(id), _) => {
-                let (arm, subject, _) = *live.answered.get(id)?;
-                (arm, subject)
-            }
+            (Some(id), _) => *live.answered.get(id)?,
             (None, Some(unit)) => {
                 metric?;
-                let (arm, subject) = (self.arm_of_unit(unit), hash(unit));
+                let (arm, subject) = (self.arm_of_unit(unit), split::key_hash(unit));
                 // A unit this experiment never showed an arm to is not its to count.
                 if !live.exposed[arm].contains(&subject) {
                     return None;

@@ -22,7 +22,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -53,10 +53,6 @@ const MAX_UNITS: usize = 1_000_000;
 const SIDES: [&str; 2] = ["baseline", "candidate"];
 const CAUSES: [Cause; 4] = [Cause::Start, Cause::Advance, Cause::Failure, Cause::Command];
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn cause_name(c: Cause) -> &'static str {
     match c {
         Cause::Start => "start",
@@ -80,8 +76,6 @@ struct Side {
 #[derive(Default)]
 struct StepCounter {
     sides: [Side; 2],
-    /// Shadow copies completed (answered or failed): the candidate's requests in a shadow step.
-    copies: u64,
     copies_dropped: u64,
     compared: u64,
     disagreements: u64,
@@ -141,8 +135,6 @@ struct Inner {
     compared_output: Option<String>,
     live: Mutex<Live>,
     store: Option<Arc<dyn RolloutStore>>,
-    /// The sides' target keys, as the store keeps them with the state.
-    keys: (String, String),
     copy_slots: Arc<Semaphore>,
     copies_waiting: AtomicUsize,
     copy_queue: usize,
@@ -176,7 +168,7 @@ impl RolloutEndpoint {
             Metric::Disagreement { output } => Some(output.clone()),
             Metric::ErrorRate | Metric::LatencyP99 | Metric::Feedback { .. } | Metric::Srm => None,
         });
-        let now = now_ms();
+        let now = crate::now_ms();
         let shared_plan = Arc::new(plan.clone());
         let mut started = None;
         let machine = match saved {
@@ -204,7 +196,6 @@ impl RolloutEndpoint {
             compared_output,
             live: Mutex::new(Live { machine, step: StepCounter::default() }),
             store,
-            keys: (baseline, candidate),
             copy_slots: Arc::new(Semaphore::new(shadow.concurrency.max(1))),
             copies_waiting: AtomicUsize::new(0),
             copy_queue: shadow.queue.max(1),
@@ -228,7 +219,7 @@ async fn tick(inner: Weak<Inner>) {
     loop {
         every.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        inner.observe(now_ms());
+        inner.observe(crate::now_ms());
     }
 }
 
@@ -237,15 +228,15 @@ impl Inner {
     /// The counts are copied under the lock and judged outside it (sorting latency windows is
     /// not for the request path to wait on); a step that changed meanwhile is not judged on them.
     fn observe(&self, now: u64) {
-        let (phase, started, counts, copies) = {
+        let (phase, started, counts) = {
             let live = self.live.lock();
-            (live.machine.phase(), live.machine.state().step_started_ms, live.step.counts(), live.step.copies)
+            (live.machine.phase(), live.machine.state().step_started_ms, live.step.counts())
         };
         let Some(k) = phase.step() else { return };
         let step = self.plan.steps[k];
         let readings = guardrails::evaluate(&self.plan, &step, &counts);
-        let candidate_requests = if step.is_shadow() { copies } else { counts.candidate.requests };
-        let observation = Observation { candidate_requests_in_step: candidate_requests, guardrails: readings };
+        // In a shadow step the candidate's requests are the copies it ran.
+        let observation = Observation { candidate_requests_in_step: counts.candidate.requests, guardrails: readings };
         let mut live = self.live.lock();
         if live.machine.phase() != phase || live.machine.state().step_started_ms != started {
             return;
@@ -269,8 +260,8 @@ impl Inner {
         }
         if let Some(store) = &self.store {
             let saved = Saved {
-                baseline: self.keys.0.clone(),
-                candidate: self.keys.1.clone(),
+                baseline: target_key(&self.plan.baseline),
+                candidate: target_key(&self.plan.candidate),
                 state: live.machine.state().clone(),
             };
             if let Err(e) = store.save(&self.name, &saved) {
@@ -332,10 +323,6 @@ impl Inner {
     }
 }
 
-fn hash_unit(unit: &str) -> u64 {
-    (split::point("unit", unit) * (1u64 << 53) as f64) as u64
-}
-
 impl RolloutEndpoint {
     async fn answer(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
         let inner = &self.inner;
@@ -368,7 +355,7 @@ impl RolloutEndpoint {
         let result = inner.call(side, ctx, request).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if counted {
-            inner.record(step_started, side, result.is_ok(), ms, unit.as_deref().map(hash_unit));
+            inner.record(step_started, side, result.is_ok(), ms, unit.as_deref().map(split::key_hash));
         }
         if let Some(copy_request) = copy_request {
             self.start_copy(ctx, copy_request, &result, step_started);
@@ -421,7 +408,6 @@ impl RolloutEndpoint {
                 return;
             }
             let step = &mut live.step;
-            step.copies += 1;
             let s = &mut step.sides[1];
             s.counts.requests += 1;
             s.counts.errors += u64::from(result.is_err());
@@ -447,8 +433,9 @@ impl RolloutEndpoint {
     fn status_json(&self) -> Value {
         let live = self.inner.live.lock();
         let plan = &self.inner.plan;
-        let status = serde_json::to_value(live.machine.status(now_ms())).unwrap_or(Value::Null);
+        let status = serde_json::to_value(live.machine.status(crate::now_ms())).unwrap_or(Value::Null);
         let counts = live.step.counts();
+        let shadow_step = live.machine.phase().step().is_some_and(|k| plan.steps[k].is_shadow());
         let side = |i: usize, c: ArmCounts, fault: Option<Fault>| {
             json!({
                 "target": target_key(if i == 0 { &plan.baseline } else { &plan.candidate }),
@@ -465,7 +452,7 @@ impl RolloutEndpoint {
             "baseline": side(0, counts.baseline, plan.baseline_fault),
             "candidate": side(1, counts.candidate, plan.candidate_fault),
             "step_counts": {
-                "shadow_copies": live.step.copies,
+                "shadow_copies": if shadow_step { counts.candidate.requests } else { 0 },
                 "shadow_copies_dropped": live.step.copies_dropped,
                 "compared": counts.compared,
                 "disagreements": counts.disagreements,
@@ -572,7 +559,7 @@ impl RolloutControl for RolloutEndpoint {
     }
 
     fn command(&self, action: RolloutAction, reason: &str) -> Result<Value, ServeError> {
-        let now = now_ms();
+        let now = crate::now_ms();
         {
             let inner = &self.inner;
             let mut live = inner.live.lock();
