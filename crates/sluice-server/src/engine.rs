@@ -222,9 +222,10 @@ impl Engine {
             .collect()
     }
 
-    /// Hands an outcome to the experiment it belongs to: the one that answered its request id,
-    /// or, for a unit, every experiment with its metric. `NotFound` when none takes it.
-    pub fn feedback(&self, fb: &sluice_types::Feedback) -> Result<serde_json::Value, ServeError> {
+    /// Hands an outcome to the experiment or rollout it belongs to: the one that answered its
+    /// request id, or, for a unit, every experiment with its metric. `NotFound` when none takes
+    /// it.
+    pub async fn feedback(&self, fb: &sluice_types::Feedback) -> Result<serde_json::Value, ServeError> {
         if fb.request_id.is_some() == fb.unit.is_some() {
             return Err(ServeError::invalid("feedback names one of 'request_id' or 'unit'".to_string()));
         }
@@ -232,13 +233,18 @@ impl Engine {
             self.endpoints.read().values().filter_map(|d| d.served.as_ref().ok().cloned()).collect();
         let mut taken = Vec::new();
         for e in &served {
-            if let Some(result) = e.experiment().and_then(|x| x.feedback(fb)) {
+            let result = match (e.experiment(), e.rollout()) {
+                (Some(x), _) => x.feedback(fb).await,
+                (None, Some(r)) => r.feedback(fb).await,
+                (None, None) => None,
+            };
+            if let Some(result) = result {
                 taken.push(result?);
             }
         }
         match (taken.len(), &fb.request_id) {
             (0, Some(id)) => Err(ServeError::NotFound(format!(
-                "no experiment answered request id '{id}' (or it is older than the experiment's attribution window)"
+                "no experiment or rollout answered request id '{id}' (or it is older than the attribution window)"
             ))),
             (0, None) => Err(ServeError::NotFound(format!(
                 "no experiment with a metric named '{}' has seen unit '{}'",

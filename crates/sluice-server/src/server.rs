@@ -266,9 +266,10 @@ pub struct EngineOptions {
     pub model_cache_dir: Option<std::path::PathBuf>,
     /// How shadow endpoints queue, run and log their copies.
     pub shadow: sluice_traffic::ShadowOptions,
-    /// Where rollouts keep their state (`<name>.json`); `None`: in memory, so that a restart
-    /// starts them over.
-    pub rollout_state_dir: Option<std::path::PathBuf>,
+    /// Where rollouts and experiments keep their state: a `redis://` URL (shared by replicas),
+    /// else `state.redb` in `state_dir`, else memory (a restart starts them over).
+    pub state_url: Option<String>,
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -284,7 +285,8 @@ impl Default for EngineOptions {
             poll_interval: Duration::from_secs(15),
             model_cache_dir: None,
             shadow: sluice_traffic::ShadowOptions::default(),
-            rollout_state_dir: None,
+            state_url: None,
+            state_dir: None,
         }
     }
 }
@@ -332,10 +334,8 @@ pub async fn build_engine(opts: &EngineOptions) -> anyhow::Result<Arc<Engine>> {
     repo.load_startup_models().await?;
     let traffic = sluice_traffic::BuildOptions {
         shadow: opts.shadow.clone(),
-        rollouts: opts.rollout_state_dir.as_ref().map(|d| {
-            Arc::new(sluice_traffic::rollout::store::FileStore::new(d))
-                as Arc<dyn sluice_traffic::rollout::store::RolloutStore>
-        }),
+        state: Some(sluice_state::open(opts.state_url.as_deref(), opts.state_dir.as_deref()).await?),
+        replica: sluice_state::replica_id(),
     };
     let engine = Engine::new(repo, traffic);
     engine.load_endpoints().await;

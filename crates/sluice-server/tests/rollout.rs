@@ -28,7 +28,7 @@ fn repo(rollout_yaml: &str) -> tempfile::TempDir {
 }
 
 async fn server(repo: &std::path::Path, state: &std::path::Path) -> RunningServer {
-    let opts = EngineOptions { rollout_state_dir: Some(state.to_path_buf()), ..Default::default() };
+    let opts = EngineOptions { state_dir: Some(state.to_path_buf()), ..Default::default() };
     start_server(repo, opts, ServerConfig::default()).await
 }
 
@@ -224,8 +224,12 @@ async fn commands_by_hand_and_a_restart_in_the_middle() {
     let (_, resumed) = command(&base, "resume", "looks fine").await;
     assert_eq!(phase(&resumed), json!({"step": 0}));
     let started = resumed["status"]["step_started_ms"].clone();
+    let answers = send(&base, 40, 1000).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    // The counts reach the store within a tick.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    // A restart goes on in the same step, from the same start.
+    // A restart goes on in the same step, from the same start, with the step's counts.
     s.shutdown().await;
     let s = server(dir.path(), state.path()).await;
     let base = format!("http://{}", s.http_addr);
@@ -233,6 +237,8 @@ async fn commands_by_hand_and_a_restart_in_the_middle() {
     assert_eq!(phase(&again), json!({"step": 0}), "{again}");
     assert_eq!(again["status"]["step_started_ms"], started);
     assert_eq!(again["status"]["history"].as_array().unwrap().len(), 3, "start, pause, resume: {again}");
+    let counted = again["baseline"]["requests"].as_u64().unwrap() + again["candidate"]["requests"].as_u64().unwrap();
+    assert_eq!(counted, 40, "the step's counts survive the restart: {again}");
 
     let (_, back) = command(&base, "rollback", "v2 is wrong for EU users").await;
     assert_eq!(phase(&back), json!("rolled_back"));
@@ -243,5 +249,65 @@ async fn commands_by_hand_and_a_restart_in_the_middle() {
     assert_eq!(code, 409, "{body}");
     let answers = send(&base, 40, 0).await;
     assert!(answers.iter().all(|a| a.as_deref() == Ok("1")), "{answers:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_business_metric_fed_back_that_falls_on_the_candidate_rolls_it_back() {
+    let dir = repo(
+        "kind: rollout\nbaseline: { model: add_sub, version: 1 }\ncandidate: { model: add_sub, version: 2 }\n\
+         unit: { header: x-user-id }\nsteps:\n  - { weight: 50, hold: 1h }\n  - { weight: 100 }\n\
+         guardrails:\n  - { metric: feedback.conversion, max_decrease: 0.02 }\n",
+    );
+    let state = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), state.path()).await;
+    let base = format!("http://{}", s.http_addr);
+    let c = reqwest::Client::new();
+    let feedback = |body: Value| {
+        let c = c.clone();
+        let url = format!("{base}/v2/feedback");
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Users of the baseline convert at 30 %, the candidate's at 5 %.
+    let mut sides = Vec::new();
+    for i in 0..300 {
+        let r = c
+            .post(format!("{base}/v2/models/rollout/infer"))
+            .header("x-user-id", format!("user-{i}"))
+            .header("x-request-id", format!("req-{i}"))
+            .json(&body())
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        sides.push(v["parameters"]["sluice_rollout_side"].as_str().unwrap().to_string());
+    }
+    let (code, body) = feedback(json!({"request_id": "req-0", "metric": "revenue", "value": 1})).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no guardrail feedback.revenue"), "{body}");
+    for (i, side) in sides.iter().enumerate() {
+        let converted = if side == "baseline" { i % 10 < 3 } else { i % 20 == 0 };
+        let (code, taken) = feedback(json!({
+            "request_id": format!("req-{i}"), "metric": "conversion", "value": u8::from(converted), "id": format!("fb-{i}"),
+        }))
+        .await;
+        assert_eq!((code, taken["counted"].clone(), taken["side"].clone()), (200, json!(true), json!(side)), "{taken}");
+    }
+    let (_, again) = feedback(json!({"request_id": "req-1", "metric": "conversion", "value": 1, "id": "fb-1"})).await;
+    assert_eq!(again["counted"], false, "{again}");
+
+    let started = Instant::now();
+    while phase(&status(&base).await) == json!({"step": 0}) {
+        assert!(started.elapsed() < Duration::from_secs(10), "not rolled back: {}", status(&base).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = status(&base).await;
+    assert_eq!(phase(&after), json!("rolled_back"), "{after}");
+    let last = after["status"]["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().contains("feedback.conversion"), "{last}");
     s.shutdown().await;
 }

@@ -419,20 +419,7 @@ fn definition(doc: &Value) -> Result<Definition, Bad> {
             };
             Ok(Definition::Shadow { primary, shadows, compare, log_sample })
         }
-        "rollout" => {
-            let plan = crate::rollout::plan::parse(doc)?;
-            // Business metrics come by feedback, which only experiments take so far.
-            if let Some(i) =
-                plan.guardrails.iter().position(|g| matches!(g.metric, crate::rollout::Metric::Feedback { .. }))
-            {
-                return Err(bad(
-                    &format!("guardrails[{i}].metric"),
-                    "feedback guardrails are not supported by rollouts yet (POST /v2/feedback feeds experiments): \
-                     use error_rate, latency_p99, disagreement or srm",
-                ));
-            }
-            Ok(Definition::Rollout(Box::new(plan)))
-        }
+        "rollout" => Ok(Definition::Rollout(Box::new(crate::rollout::plan::parse(doc)?))),
         "experiment" => Ok(Definition::Experiment(Box::new(crate::experiment::plan::parse(doc)?))),
         other => Err(bad(
             "kind",
@@ -677,7 +664,6 @@ default: { model: spam-accurate }
             ("kind: shadow\nprimary: { endpoint: e, version: 2 }\nshadows: [ { model: m } ]\n", "x.yaml: primary: 'version' goes with 'model'"),
             ("kind: shadow\nprimary: { model: m }\nshadows: [ { model: m, share: 2 } ]\n", "x.yaml: shadows[0].share: must be between 0 and 1"),
             ("kind: route\nrules: [\n", "x.yaml: not valid YAML"),
-            ("kind: rollout\nbaseline: { model: m, version: 1 }\ncandidate: { model: m, version: 2 }\nsteps: [ { weight: 100 } ]\nguardrails: [ { metric: feedback.conversion, max_decrease: 0.02 } ]\n", "x.yaml: guardrails[0].metric: feedback guardrails are not supported by rollouts yet"),
             ("kind: experiment\narms: [ { name: a, model: m } ]\nmetrics: [ { name: c, type: proportion } ]\n", "x.yaml: arms: an experiment needs at least two arms"),
         ];
         for (text, want) in cases {

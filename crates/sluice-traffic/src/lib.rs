@@ -32,6 +32,7 @@ pub mod compare;
 pub mod definition;
 pub mod ensemble;
 pub mod experiment;
+mod loaded;
 mod own_stats;
 pub mod policy;
 pub mod rollout;
@@ -54,8 +55,22 @@ pub(crate) fn now_ms() -> u64 {
 #[derive(Clone, Default)]
 pub struct BuildOptions {
     pub shadow: ShadowOptions,
-    /// Where rollouts keep their state; `None`: in memory only (a restart starts them over).
-    pub rollouts: Option<Arc<dyn rollout::store::RolloutStore>>,
+    /// Where rollouts and experiments keep their state (shared with other replicas when the
+    /// store is); `None`: a store in memory, gone with the process.
+    pub state: Option<Arc<dyn sluice_state::StateStore>>,
+    /// This process as a writer to the state store (empty: one is made up).
+    pub replica: String,
+}
+
+impl BuildOptions {
+    fn state(&self) -> Result<(Arc<dyn sluice_state::StateStore>, String), ServeError> {
+        let store = match &self.state {
+            Some(s) => s.clone(),
+            None => Arc::new(sluice_state::RedbStore::in_memory()?),
+        };
+        let replica = if self.replica.is_empty() { sluice_state::replica_id() } else { self.replica.clone() };
+        Ok((store, replica))
+    }
 }
 
 /// The endpoint `definition` declares, finding its targets through `resolver`.
@@ -75,14 +90,14 @@ pub fn build(
             resolver,
             opts.shadow.clone(),
         )),
-        Definition::Rollout(plan) => Arc::new(rollout::endpoint::RolloutEndpoint::new(
-            name,
-            *plan,
-            resolver,
-            &opts.shadow,
-            opts.rollouts.clone(),
-        )?),
-        Definition::Experiment(plan) => Arc::new(experiment::endpoint::ExperimentEndpoint::new(name, *plan, resolver)),
+        Definition::Rollout(plan) => {
+            let (store, replica) = opts.state()?;
+            Arc::new(rollout::endpoint::RolloutEndpoint::new(name, *plan, resolver, &opts.shadow, store, &replica)?)
+        }
+        Definition::Experiment(plan) => {
+            let (store, replica) = opts.state()?;
+            experiment::endpoint::ExperimentEndpoint::new(name, *plan, resolver, store, &replica)
+        }
         Definition::Ensemble { spec, versions } => Arc::new(ensemble::Ensemble::new(name, spec, versions, resolver)),
         d @ (Definition::Route { .. } | Definition::Cascade { .. } | Definition::Split { .. }) => {
             Arc::new(policy::Policy::new(name, d, resolver)?)

@@ -192,15 +192,22 @@ impl RolloutAction {
     }
 }
 
-/// A rollout as the edges see it: its status, and the commands a person may give it.
+/// A rollout as the edges see it: its status, and the commands a person may give it. Both read
+/// and write the state store the rollout shares with the other replicas.
+#[async_trait::async_trait]
 pub trait RolloutControl: Send + Sync {
-    /// Phase, step, time in step, traffic, each guardrail's value, threshold and verdict, and the
-    /// history, as JSON.
-    fn status(&self) -> serde_json::Value;
+    /// Phase, step, time in step, traffic, each guardrail's value, threshold and verdict, the
+    /// counts of every replica, and the history, as JSON.
+    async fn status(&self) -> serde_json::Value;
 
     /// Applies `action` (its transition is recorded with `reason`) and answers the new status;
     /// `Conflict` when the rollout's phase does not allow it.
-    fn command(&self, action: RolloutAction, reason: &str) -> Result<serde_json::Value, ServeError>;
+    async fn command(&self, action: RolloutAction, reason: &str) -> Result<serde_json::Value, ServeError>;
+
+    /// Takes one outcome for a `feedback.<name>` guardrail: `None` when it is not this
+    /// rollout's (the request id is not one it answered in a weight step); else whether it
+    /// counted or why it cannot.
+    async fn feedback(&self, feedback: &Feedback) -> Option<Result<serde_json::Value, ServeError>>;
 }
 
 /// One outcome fed back to an experiment (`POST /v2/feedback`): a metric's value for the request
@@ -220,19 +227,21 @@ pub struct Feedback {
 }
 
 /// An experiment as the edges see it.
+#[async_trait::async_trait]
 pub trait ExperimentControl: Send + Sync {
-    /// Per arm and metric: counts, estimates with intervals, differences, tests, planned size,
-    /// SRM and a verdict, as JSON. Reading it is a look of the sequential test.
-    fn report(&self) -> serde_json::Value;
+    /// Per arm and metric: counts (of every replica), estimates with intervals, differences,
+    /// tests, planned size, SRM and a verdict, as JSON. Reading it is a look of the sequential
+    /// test.
+    async fn report(&self) -> serde_json::Value;
 
-    /// Ends the experiment: from now on `arm` (else the control) answers every request.
-    /// `Conflict` when it has stopped already.
-    fn stop(&self, arm: Option<&str>, reason: &str) -> Result<serde_json::Value, ServeError>;
+    /// Ends the experiment: from now on `arm` (else the control) answers every request, on every
+    /// replica. `Conflict` when it has stopped already.
+    async fn stop(&self, arm: Option<&str>, reason: &str) -> Result<serde_json::Value, ServeError>;
 
     /// Takes one outcome: `None` when it is not this experiment's (the request id is not one it
     /// answered, or, for a unit, it has no such metric); else whether it counted
     /// (`{"counted": bool}`, false for a repeated id) or why it cannot.
-    fn feedback(&self, feedback: &Feedback) -> Option<Result<serde_json::Value, ServeError>>;
+    async fn feedback(&self, feedback: &Feedback) -> Option<Result<serde_json::Value, ServeError>>;
 }
 
 /// One counter a traffic policy keeps, as `/metrics` shows it.

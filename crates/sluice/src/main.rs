@@ -179,14 +179,19 @@ struct EngineArgs {
 /// Where jobs live and how webhooks go.
 #[derive(clap::Args)]
 struct JobArgs {
-    /// Where asynchronous jobs and rollout states are kept (embedded store; default
-    /// $SLUICE_HOME/state).
+    /// Where asynchronous jobs, and rollout and experiment state, are kept (embedded stores;
+    /// default $SLUICE_HOME/state).
     #[arg(long, env = "SLUICE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Keep jobs in Redis instead (redis://host:port/db), shared by every server and worker
     /// pointed at it.
     #[arg(long, env = "SLUICE_QUEUE")]
     queue: Option<String>,
+    /// Keep rollout and experiment state in Redis (redis://host:port/db), shared by every
+    /// replica pointed at it: one unit gets one arm everywhere, counts add up, one replica drives
+    /// each rollout. Default: the --queue URL when one is given, else the embedded store.
+    #[arg(long, env = "SLUICE_STATE")]
+    state: Option<String>,
     /// Redis: seconds after which a job whose worker stopped renewing its claim is taken over.
     #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_SECS", default_value_t = 30)]
     visibility_timeout_secs: u64,
@@ -233,9 +238,9 @@ impl EngineArgs {
                 log_dir: Some(self.shadow_log_dir.unwrap_or_else(|| sluice_repository::remote::data_dir("shadow"))),
                 ..Default::default()
             },
-            // Set by `serve`, which has the state directory; a worker keeps none (a rollout is
-            // driven by the server that serves it).
-            rollout_state_dir: None,
+            // Set from the job arguments, which name the state directory and Redis.
+            state_url: None,
+            state_dir: None,
         }
     }
 }
@@ -293,7 +298,11 @@ fn exit_server(result: anyhow::Result<()>) -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state_dir = args.jobs.state_dir.clone().unwrap_or_else(|| sluice_repository::remote::data_dir("state"));
-    let opts = EngineOptions { rollout_state_dir: Some(state_dir.join("rollouts")), ..args.engine.options() };
+    let opts = EngineOptions {
+        state_url: args.jobs.state.clone().or_else(|| args.jobs.queue.clone()),
+        state_dir: Some(state_dir),
+        ..args.engine.options()
+    };
     let engine = sluice_server::build_engine(&opts).await?;
     let cfg = ServerConfig {
         host: args.host,
@@ -317,7 +326,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         args.jobs.queue.is_some(),
         "sluice worker takes jobs from a shared queue: give --queue redis://host:port/db"
     );
-    let engine = sluice_server::build_engine(&args.engine.options()).await?;
+    // Jobs sent to a rollout or experiment count with the servers': the same state store.
+    let opts = EngineOptions {
+        state_url: args.jobs.state.clone().or_else(|| args.jobs.queue.clone()),
+        ..args.engine.options()
+    };
+    let engine = sluice_server::build_engine(&opts).await?;
     let cfg = ServerConfig {
         host: args.host,
         metrics_port: args.metrics_port,

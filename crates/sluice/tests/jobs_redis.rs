@@ -18,23 +18,6 @@ fn repo() -> tempfile::TempDir {
     dir
 }
 
-fn redis(dir: &Path, port: u16) -> Proc {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "always", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server on the PATH");
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proc(child)
-}
-
 /// `sluice serve --workers 0`: accepts jobs, runs none. Returns it, its base URL and its
 /// metrics URL.
 fn api(repo: &Path, queue: &str, state: &Path) -> (Proc, String, String) {

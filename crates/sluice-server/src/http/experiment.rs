@@ -22,7 +22,11 @@ fn experiment_of(s: &AppState, name: &str) -> HttpResult<std::sync::Arc<dyn slui
 
 pub(super) async fn report(State(s): State<AppState>, Path(name): Path<String>) -> HttpResult<Response> {
     let endpoint = experiment_of(&s, &name)?;
-    Ok(Json(endpoint.experiment().map(|x| x.report()).unwrap_or_default()).into_response())
+    let report = match endpoint.experiment() {
+        Some(x) => x.report().await,
+        None => Default::default(),
+    };
+    Ok(Json(report).into_response())
 }
 
 pub(super) async fn stop(
@@ -46,7 +50,7 @@ pub(super) async fn stop(
     let Some(x) = endpoint.experiment() else {
         return Err(ServeError::NotFound(format!("'{name}' is not an experiment endpoint")).into());
     };
-    Ok(Json(x.stop(arm, reason)?).into_response())
+    Ok(Json(x.stop(arm, reason).await?).into_response())
 }
 
 /// One outcome, or a list of them (each answered in turn; the first that cannot be taken is the
@@ -64,10 +68,10 @@ pub(super) async fn feedback(State(s): State<AppState>, body: Result<Bytes, Byte
         Value::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                out.push(s.engine.feedback(&read(item)?)?);
+                out.push(s.engine.feedback(&read(item)?).await?);
             }
             Ok(Json(Value::Array(out)).into_response())
         }
-        one => Ok(Json(s.engine.feedback(&read(one)?)?).into_response()),
+        one => Ok(Json(s.engine.feedback(&read(one)?).await?).into_response()),
     }
 }

@@ -22,7 +22,10 @@ fn rollout_of(s: &AppState, name: &str) -> HttpResult<std::sync::Arc<dyn sluice_
 
 pub(super) async fn status(State(s): State<AppState>, Path(name): Path<String>) -> HttpResult<Response> {
     let endpoint = rollout_of(&s, &name)?;
-    let status = endpoint.rollout().map(|r| r.status()).unwrap_or_default();
+    let status = match endpoint.rollout() {
+        Some(r) => r.status().await,
+        None => Default::default(),
+    };
     Ok(Json(status).into_response())
 }
 
@@ -52,5 +55,5 @@ pub(super) async fn command(
     let Some(control) = endpoint.rollout() else {
         return Err(ServeError::NotFound(format!("'{name}' is not a rollout endpoint")).into());
     };
-    Ok(Json(control.command(action, reason)?).into_response())
+    Ok(Json(control.command(action, reason).await?).into_response())
 }

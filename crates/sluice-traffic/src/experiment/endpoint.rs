@@ -11,17 +11,31 @@
 //! - Feedback names a request id (attributed to the arm that answered it, while the id is
 //!   remembered) or a unit that was exposed (its arm by the hash); a repeated feedback `id`
 //!   counts once.
-//! - Counts live in memory: a restart starts the experiment's counts over (assignment does not
-//!   change). Several replicas do not add their counts up yet.
+//!
+//! # State
+//! Everything counted lives in the state store, under `experiment/<name>/…`, so that a restart
+//! continues the experiment and replicas add up what each saw:
+//! - exposed units per arm and converted units per proportion metric and arm are sets, counted
+//!   once however many replicas saw a unit;
+//! - a mean metric's moments are each replica's part, merged (Chan et al.) when read;
+//! - a request id's arm is an expiring value, kept for the attribution window;
+//! - a feedback id is a claim, taken once for [`FEEDBACK_ID_TTL`];
+//! - a stop is a document, written once by compare-and-set and followed by every replica.
+//!
+//! Exposures, attributions and moments are written every [`TICK`] (and before every report), so
+//! feedback naming a request that another replica answered is found once that replica has
+//! written it, within a tick; a unit's conversion and a feedback id are written as they come.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sluice_state::StateStore;
 use sluice_types::api::{ModelMetadata, ModelStatistics};
 use sluice_types::{
     Answer, Endpoint, ExperimentControl, Feedback, InferRequest, ModelConfig, RequestContext, Resolver, ServeError,
@@ -31,20 +45,20 @@ use sluice_types::{
 use super::plan::{ExperimentPlan, MetricKind};
 use super::{srm_p, verdict, Analysis, Outcomes};
 use crate::definition::Target;
+use crate::loaded::Loaded;
 use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{requests_by_target, resolve_target, tag, target_key};
 use crate::split;
 use crate::stats::{BinomialCounts, RunningMoments};
 
-/// Request ids remembered for attribution, and feedback ids for deduplication, at most.
+/// Request ids remembered here for attribution, and exposed units, at most.
 const MAX_REMEMBERED: usize = 1_000_000;
+/// How often counts are written and the stored state read.
+pub const TICK: Duration = Duration::from_millis(500);
+/// How long a feedback id is remembered, so that a repeated post counts once.
+pub const FEEDBACK_ID_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-enum Collected {
-    /// Subjects (units, or requests) with a success.
-    Proportion(HashSet<u64>),
-    Mean(RunningMoments),
-}
-
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Stopped {
     arm: usize,
     reason: String,
@@ -52,15 +66,16 @@ struct Stopped {
 }
 
 struct Live {
-    /// Per arm: the subjects exposed.
+    /// Per arm: the subjects exposed here, and those not yet written to the store.
     exposed: Vec<HashSet<u64>>,
-    /// Request id → (arm, subject), and the order they came in (oldest first), for expiry.
+    unsent_exposed: Vec<Vec<u64>>,
+    /// Request id → (arm, subject), the order they came in (oldest first) for expiry, and those
+    /// not yet written to the store.
     answered: HashMap<String, (usize, u64)>,
     order: VecDeque<(u64, String)>,
-    feedback_ids: HashSet<String>,
-    feedback_order: VecDeque<String>,
-    /// `[metric][arm]`.
-    collected: Vec<Vec<Collected>>,
+    unsent_answered: Vec<(String, Vec<u8>)>,
+    /// `[metric][arm]`: this replica's moments of mean metrics (its part in the store).
+    moments: Vec<Vec<RunningMoments>>,
     analysis: Analysis,
     stopped: Option<Stopped>,
 }
@@ -78,6 +93,13 @@ impl Live {
     }
 }
 
+/// Every replica's counts, as read from the store (or this replica's, for `/metrics`).
+struct Counts {
+    units: Vec<u64>,
+    /// `[metric][arm]`: converted units (proportions) or merged moments (means).
+    outcomes: Vec<Vec<Outcomes>>,
+}
+
 pub struct ExperimentEndpoint {
     name: String,
     plan: ExperimentPlan,
@@ -85,46 +107,77 @@ pub struct ExperimentEndpoint {
     /// The arms as the assignment hashes them, with their weights.
     keys: Vec<(String, f64)>,
     live: Mutex<Live>,
+    store: Arc<dyn StateStore>,
+    replica: String,
+    loaded: Loaded,
     sent: Vec<AtomicU64>,
     own: OwnStats,
 }
 
+fn encode_answered(arm: usize, subject: u64) -> Vec<u8> {
+    format!("{arm}:{subject}").into_bytes()
+}
+
+fn decode_answered(bytes: &[u8]) -> Option<(usize, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (arm, subject) = text.split_once(':')?;
+    Some((arm.parse().ok()?, subject.parse().ok()?))
+}
+
+fn store_err(e: serde_json::Error) -> ServeError {
+    ServeError::Internal(format!("experiment state: {e}"))
+}
+
 impl ExperimentEndpoint {
-    pub fn new(name: &str, plan: ExperimentPlan, resolver: Weak<dyn Resolver>) -> ExperimentEndpoint {
+    /// An experiment served as `name`, its counts kept in `store`. Must be called inside a tokio
+    /// runtime: a task started here reads the stored state, then writes this replica's counts
+    /// every [`TICK`]; requests wait for the first read.
+    pub fn new(
+        name: &str,
+        plan: ExperimentPlan,
+        resolver: Weak<dyn Resolver>,
+        store: Arc<dyn StateStore>,
+        replica: &str,
+    ) -> Arc<ExperimentEndpoint> {
         let arms = plan.arms.len();
-        let collected = plan
-            .metrics
-            .iter()
-            .map(|m| {
-                (0..arms)
-                    .map(|_| match m.kind {
-                        MetricKind::Proportion => Collected::Proportion(HashSet::new()),
-                        MetricKind::Mean => Collected::Mean(RunningMoments::new()),
-                    })
-                    .collect()
-            })
-            .collect();
         let alpha = plan.design.map_or(0.05, |d| d.alpha);
         let planned = plan.design.and_then(|d| d.units_per_arm());
         let live = Live {
             exposed: vec![HashSet::new(); arms],
+            unsent_exposed: vec![Vec::new(); arms],
             answered: HashMap::new(),
             order: VecDeque::new(),
-            feedback_ids: HashSet::new(),
-            feedback_order: VecDeque::new(),
-            collected,
+            unsent_answered: Vec::new(),
+            moments: vec![vec![RunningMoments::new(); arms]; plan.metrics.len()],
             analysis: Analysis::new(alpha, planned, plan.metrics.len(), arms),
             stopped: None,
         };
-        ExperimentEndpoint {
+        let endpoint = Arc::new(ExperimentEndpoint {
             name: name.to_string(),
             keys: plan.arms.iter().map(|a| (a.name.clone(), a.weight)).collect(),
             sent: plan.arms.iter().map(|_| AtomicU64::new(0)).collect(),
             plan,
             resolver,
             live: Mutex::new(live),
+            store,
+            replica: replica.to_string(),
+            loaded: Loaded::new(),
             own: OwnStats::default(),
-        }
+        });
+        tokio::spawn(run(Arc::downgrade(&endpoint)));
+        endpoint
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("experiment/{}{what}", self.name)
+    }
+
+    fn exposed_key(&self, arm: usize) -> String {
+        self.key(&format!("/exposed/{arm}"))
+    }
+
+    fn hits_key(&self, metric: usize, arm: usize) -> String {
+        self.key(&format!("/hits/{}/{arm}", self.plan.metrics[metric].name))
     }
 
     fn unit(&self, ctx: &RequestContext, request: &InferRequest) -> Option<String> {
@@ -139,7 +192,104 @@ impl ExperimentEndpoint {
         &self.plan.arms[arm].target
     }
 
+    /// Writes this replica's exposures, attributions and moments, and follows a stop.
+    async fn sync(&self) -> Result<(), ServeError> {
+        let result = self.sync_once().await;
+        self.loaded.note(&result);
+        result
+    }
+
+    async fn sync_once(&self) -> Result<(), ServeError> {
+        if let Some(doc) = self.store.get(&self.key("")).await? {
+            let stopped: Stopped = serde_json::from_slice(&doc.value).map_err(store_err)?;
+            let mut live = self.live.lock();
+            if live.stopped.is_none() && stopped.arm < self.plan.arms.len() {
+                live.stopped = Some(stopped);
+            }
+        }
+        let (exposed, answered, moments) = {
+            let mut live = self.live.lock();
+            let exposed = std::mem::replace(&mut live.unsent_exposed, vec![Vec::new(); self.plan.arms.len()]);
+            (exposed, std::mem::take(&mut live.unsent_answered), live.moments.clone())
+        };
+        let mut result = Ok(());
+        for (arm, members) in exposed.iter().enumerate() {
+            if result.is_ok() {
+                result = self.store.set_add(&self.exposed_key(arm), members).await;
+            }
+            if result.is_err() {
+                self.live.lock().unsent_exposed[arm].extend(members);
+            }
+        }
+        result?;
+        let window = Duration::from_millis(self.plan.attribution_ms.max(1));
+        if let Err(e) = self.store.put_expiring(&answered, window).await {
+            self.live.lock().unsent_answered.extend(answered);
+            return Err(e);
+        }
+        let bytes = serde_json::to_vec(&moments).map_err(store_err)?;
+        self.store.put_part(&self.key("/moments"), &self.replica, &bytes).await
+    }
+
+    /// Every replica's counts.
+    async fn shared_counts(&self) -> Result<Counts, ServeError> {
+        let arms = self.plan.arms.len();
+        let mut units = Vec::with_capacity(arms);
+        for arm in 0..arms {
+            units.push(self.store.set_len(&self.exposed_key(arm)).await?);
+        }
+        let mut moments = vec![vec![RunningMoments::new(); arms]; self.plan.metrics.len()];
+        for (writer, bytes) in self.store.parts(&self.key("/moments")).await? {
+            let Ok(part) = serde_json::from_slice::<Vec<Vec<RunningMoments>>>(&bytes) else {
+                tracing::warn!(endpoint = %self.name, writer, "experiment: unreadable moments skipped");
+                continue;
+            };
+            for (mine, theirs) in moments.iter_mut().zip(&part) {
+                for (m, t) in mine.iter_mut().zip(theirs) {
+                    m.merge(t);
+                }
+            }
+        }
+        let mut outcomes = Vec::new();
+        for (i, metric) in self.plan.metrics.iter().enumerate() {
+            let mut per_arm = Vec::new();
+            for (arm, trials) in units.iter().enumerate() {
+                per_arm.push(match metric.kind {
+                    MetricKind::Proportion => {
+                        let hits = self.store.set_len(&self.hits_key(i, arm)).await?;
+                        Outcomes::Proportion(BinomialCounts::new(hits.min(*trials), *trials))
+                    }
+                    MetricKind::Mean => Outcomes::Mean(moments[i][arm]),
+                });
+            }
+            outcomes.push(per_arm);
+        }
+        Ok(Counts { units, outcomes })
+    }
+
+    /// This replica's own counts (no store read): what `/metrics` and the traffic table show.
+    fn local_counts(&self) -> Counts {
+        let live = self.live.lock();
+        let units: Vec<u64> = live.exposed.iter().map(|s| s.len() as u64).collect();
+        let outcomes = self
+            .plan
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (0..units.len())
+                    .map(|arm| match m.kind {
+                        MetricKind::Proportion => Outcomes::Proportion(BinomialCounts::new(0, units[arm])),
+                        MetricKind::Mean => Outcomes::Mean(live.moments[i][arm]),
+                    })
+                    .collect()
+            })
+            .collect();
+        Counts { units, outcomes }
+    }
+
     async fn answer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
+        self.loaded.wait(&format!("experiment '{}'", self.name)).await?;
         let unit = self.unit(ctx, &request);
         let subject = unit.as_deref().unwrap_or(&ctx.request_id).to_string();
         let now = crate::now_ms();
@@ -150,10 +300,14 @@ impl ExperimentEndpoint {
                 None => {
                     let arm = self.arm_of_unit(&subject);
                     let h = split::key_hash(&subject);
-                    live.exposed[arm].insert(h);
+                    if live.exposed[arm].len() < MAX_REMEMBERED && live.exposed[arm].insert(h) {
+                        live.unsent_exposed[arm].push(h);
+                    }
                     if !ctx.request_id.is_empty() {
                         live.answered.insert(ctx.request_id.clone(), (arm, h));
                         live.order.push_back((now, ctx.request_id.clone()));
+                        let key = self.key(&format!("/request/{}", ctx.request_id));
+                        live.unsent_answered.push((key, encode_answered(arm, h)));
                         live.forget_old(now, self.plan.attribution_ms);
                     }
                     arm
@@ -167,27 +321,81 @@ impl ExperimentEndpoint {
         Ok(answer)
     }
 
-    fn report_json(&self) -> Value {
+    /// The arm and subject feedback belongs to, if it is this experiment's.
+    async fn attribute(&self, fb: &Feedback, metric: Option<usize>) -> Result<Option<(usize, u64)>, ServeError> {
+        match (&fb.request_id, &fb.unit) {
+            (Some(id), _) => {
+                if let Some(found) = self.live.lock().answered.get(id).copied() {
+                    return Ok(Some(found));
+                }
+                let stored = self.store.get_expiring(&self.key(&format!("/request/{id}"))).await?;
+                Ok(stored.as_deref().and_then(decode_answered).filter(|(arm, _)| *arm < self.plan.arms.len()))
+            }
+            (None, Some(unit)) => {
+                if metric.is_none() {
+                    return Ok(None);
+                }
+                let (arm, subject) = (self.arm_of_unit(unit), split::key_hash(unit));
+                // A unit this experiment never showed an arm to is not its to count.
+                let here = self.live.lock().exposed[arm].contains(&subject);
+                let exposed = here || self.store.set_contains(&self.exposed_key(arm), subject).await?;
+                Ok(exposed.then_some((arm, subject)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    async fn take_feedback(&self, fb: &Feedback) -> Result<Option<Value>, ServeError> {
+        let metric = self.plan.metrics.iter().position(|m| m.name == fb.metric);
+        let Some((arm, subject)) = self.attribute(fb, metric).await? else { return Ok(None) };
+        let Some(metric) = metric else {
+            return Err(ServeError::invalid(format!(
+                "experiment '{}' has no metric '{}' (it has: {})",
+                self.name,
+                fb.metric,
+                self.plan.metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if !fb.value.is_finite() {
+            return Err(ServeError::invalid(format!("feedback value must be a finite number, got {}", fb.value)));
+        }
+        let kind = self.plan.metrics[metric].kind;
+        if kind == MetricKind::Proportion && fb.value != 0.0 && fb.value != 1.0 {
+            return Err(ServeError::invalid(format!(
+                "metric '{}' of experiment '{}' is a proportion: its value is 0 or 1, got {}",
+                fb.metric, self.name, fb.value
+            )));
+        }
+        if let Some(id) = &fb.id {
+            if !self.store.claim(&self.key(&format!("/feedback/{id}")), FEEDBACK_ID_TTL).await? {
+                return Ok(Some(
+                    json!({ "experiment": self.name, "counted": false, "reason": "a repeated feedback id" }),
+                ));
+            }
+        }
+        match kind {
+            MetricKind::Proportion if fb.value == 1.0 => {
+                self.store.set_add(&self.hits_key(metric, arm), &[subject]).await?;
+            }
+            MetricKind::Proportion => {}
+            MetricKind::Mean => {
+                self.live.lock().moments[metric][arm].push(fb.value);
+            }
+        }
+        Ok(Some(json!({ "experiment": self.name, "arm": self.plan.arms[arm].name, "counted": true })))
+    }
+
+    /// The report on `counts`: a look of the sequential test.
+    fn report_json(&self, counts: &Counts) -> Value {
         let mut live = self.live.lock();
-        let units: Vec<u64> = live.exposed.iter().map(|s| s.len() as u64).collect();
+        let units = &counts.units;
         let names: Vec<String> = self.plan.arms.iter().map(|a| a.name.clone()).collect();
         let mut reports = Vec::new();
         for (i, metric) in self.plan.metrics.iter().enumerate() {
-            let outcomes: Vec<Outcomes> = live.collected[i]
-                .iter()
-                .enumerate()
-                .map(|(arm, c)| match c {
-                    Collected::Proportion(hits) => {
-                        let trials = units[arm];
-                        Outcomes::Proportion(BinomialCounts::new((hits.len() as u64).min(trials), trials))
-                    }
-                    Collected::Mean(m) => Outcomes::Mean(*m),
-                })
-                .collect();
-            reports.push(live.analysis.look(i, &metric.name, &names, &outcomes));
+            reports.push(live.analysis.look(i, &metric.name, &names, &counts.outcomes[i]));
         }
         let weights: Vec<f64> = self.plan.arms.iter().map(|a| a.weight).collect();
-        let srm = srm_p(&units, &weights);
+        let srm = srm_p(units, &weights);
         let planned = self.plan.design.and_then(|d| d.units_per_arm());
         let alpha = self.plan.design.map_or(0.05, |d| d.alpha);
         let primary = self.plan.metrics.iter().position(|m| m.primary).unwrap_or(0);
@@ -226,8 +434,11 @@ impl Endpoint for ExperimentEndpoint {
         &self.name
     }
 
-    /// Ready when every arm that may answer is.
+    /// Ready once its state is read, when every arm that may answer is.
     fn ready(&self) -> bool {
+        if !self.loaded.is_loaded() {
+            return false;
+        }
         let stopped = self.live.lock().stopped.as_ref().map(|s| s.arm);
         let ready = |arm: usize| resolve_target(&self.resolver, self.target(arm)).is_ok_and(|e| e.ready());
         match stopped {
@@ -273,7 +484,7 @@ impl Endpoint for ExperimentEndpoint {
     }
 
     fn traffic_report(&self) -> Option<Value> {
-        let mut r = self.report_json();
+        let mut r = self.report_json(&self.local_counts());
         r["ready"] = self.ready().into();
         r["requests"] = self.own.requests().into();
         Some(r)
@@ -288,12 +499,44 @@ impl Endpoint for ExperimentEndpoint {
     }
 }
 
+/// Writes the endpoint's counts every [`TICK`] until it is gone.
+async fn run(endpoint: Weak<ExperimentEndpoint>) {
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error = None;
+    loop {
+        every.tick().await;
+        let Some(e) = endpoint.upgrade() else { return };
+        match (e.sync().await, &last_error) {
+            (Ok(()), Some(_)) => last_error = None,
+            (Err(err), previous) if previous.as_ref() != Some(&err.to_string()) => {
+                tracing::warn!(endpoint = %e.name, error = %err, "experiment: cannot write to the state store");
+                last_error = Some(err.to_string());
+            }
+            (Ok(()) | Err(_), _) => {}
+        }
+    }
+}
+
+#[async_trait]
 impl ExperimentControl for ExperimentEndpoint {
-    fn report(&self) -> Value {
-        self.report_json()
+    async fn report(&self) -> Value {
+        let counts = match self.sync().await {
+            Ok(()) => self.shared_counts().await,
+            Err(e) => Err(e),
+        };
+        match counts {
+            Ok(c) => self.report_json(&c),
+            Err(e) => {
+                let mut r = self.report_json(&self.local_counts());
+                r["counts"] = "this replica's only".into();
+                r["state_store_error"] = e.to_string().into();
+                r
+            }
+        }
     }
 
-    fn stop(&self, arm: Option<&str>, reason: &str) -> Result<Value, ServeError> {
+    async fn stop(&self, arm: Option<&str>, reason: &str) -> Result<Value, ServeError> {
         let index = match arm {
             None => 0,
             Some(name) => self.plan.arms.iter().position(|a| a.name == name).ok_or_else(|| {
@@ -304,79 +547,28 @@ impl ExperimentControl for ExperimentEndpoint {
                 ))
             })?,
         };
-        {
-            let mut live = self.live.lock();
-            if let Some(s) = &live.stopped {
-                return Err(ServeError::Conflict(format!(
-                    "experiment '{}' stopped already (all traffic to '{}': {})",
-                    self.name, self.plan.arms[s.arm].name, s.reason
-                )));
-            }
-            live.stopped = Some(Stopped { arm: index, reason: reason.to_string(), at_ms: crate::now_ms() });
+        let stopped = Stopped { arm: index, reason: reason.to_string(), at_ms: crate::now_ms() };
+        let bytes = serde_json::to_vec(&stopped).map_err(store_err)?;
+        if self.store.put(&self.key(""), &bytes, 0).await?.is_none() {
+            // Stopped already, here or by another replica: say by whom and why.
+            self.sync().await?;
+            let live = self.live.lock();
+            let (to, why) = live
+                .stopped
+                .as_ref()
+                .map(|s| (self.plan.arms[s.arm].name.clone(), s.reason.clone()))
+                .unwrap_or_default();
+            return Err(ServeError::Conflict(format!(
+                "experiment '{}' stopped already (all traffic to '{to}': {why})",
+                self.name
+            )));
         }
+        self.live.lock().stopped = Some(stopped);
         tracing::info!(endpoint = %self.name, arm = %self.plan.arms[index].name, reason, "experiment stopped");
-        Ok(self.report_json())
+        Ok(self.report().await)
     }
 
-    fn feedback(&self, fb: &Feedback) -> Option<Result<Value, ServeError>> {
-        let metric = self.plan.metrics.iter().position(|m| m.name == fb.metric);
-        let mut live = self.live.lock();
-        let (arm, subject) = match (&fb.request_id, &fb.unit) {
-            (Some(id), _) => *live.answered.get(id)?,
-            (None, Some(unit)) => {
-                metric?;
-                let (arm, subject) = (self.arm_of_unit(unit), split::key_hash(unit));
-                // A unit this experiment never showed an arm to is not its to count.
-                if !live.exposed[arm].contains(&subject) {
-                    return None;
-                }
-                (arm, subject)
-            }
-            (None, None) => return None,
-        };
-        let Some(metric) = metric else {
-            return Some(Err(ServeError::invalid(format!(
-                "experiment '{}' has no metric '{}' (it has: {})",
-                self.name,
-                fb.metric,
-                self.plan.metrics.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-            ))));
-        };
-        if !fb.value.is_finite() {
-            return Some(Err(ServeError::invalid(format!("feedback value must be a finite number, got {}", fb.value))));
-        }
-        if let Some(id) = &fb.id {
-            if live.feedback_ids.contains(id) {
-                return Some(Ok(
-                    json!({ "experiment": self.name, "counted": false, "reason": "a repeated feedback id" }),
-                ));
-            }
-        }
-        match &mut live.collected[metric][arm] {
-            Collected::Proportion(hits) => {
-                if fb.value != 0.0 && fb.value != 1.0 {
-                    return Some(Err(ServeError::invalid(format!(
-                        "metric '{}' of experiment '{}' is a proportion: its value is 0 or 1, got {}",
-                        fb.metric, self.name, fb.value
-                    ))));
-                }
-                if fb.value == 1.0 {
-                    hits.insert(subject);
-                }
-            }
-            Collected::Mean(m) => {
-                m.push(fb.value);
-            }
-        }
-        if let Some(id) = &fb.id {
-            live.feedback_ids.insert(id.clone());
-            live.feedback_order.push_back(id.clone());
-            if live.feedback_order.len() > MAX_REMEMBERED {
-                if let Some(old) = live.feedback_order.pop_front() {
-                    live.feedback_ids.remove(&old);
-                }
-            }
-        }
-        Some(Ok(json!({ "experiment": self.name, "arm": self.plan.arms[arm].name, "counted": true })))
+    async fn feedback(&self, fb: &Feedback) -> Option<Result<Value, ServeError>> {
+        self.take_feedback(fb).await.transpose()
     }
 }

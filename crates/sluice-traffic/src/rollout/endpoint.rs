@@ -1,32 +1,30 @@
 //! The rollout endpoint (`kind: rollout`): serves the plan's baseline and candidate as the state
-//! machine divides traffic, counts what each side does in the current step, and turns those
-//! counts into guardrail verdicts on a timer.
+//! machine divides traffic, counts what each side does in the current step, and lets the
+//! replica that drives the rollout turn every replica's counts into guardrail verdicts
+//! ([`super::shared`]).
 //!
 //! - **Shadow step**: the baseline answers every request; a share of them is copied to the
 //!   candidate after the answer, off the response path (at most `--shadow-concurrency` running
 //!   and `--shadow-queue-size` waiting; more are dropped and counted), and the compared output of
 //!   the disagreement guardrail is compared.
 //! - **Weight steps**: a unit (the plan's sticky header or parameter, else the request id) goes
-//!   to the candidate when its hashed point is below the step's percent ([`super::canary`]).
+//!   to the candidate when its hashed point is below the step's percent ([`super::canary`]), the
+//!   same on every replica.
 //! - **Over or paused by a failure**: all to the baseline (rolled back, paused) or the candidate
 //!   (promoted).
 //!
-//! Every [`TICK`] the counts of the current step become an [`Observation`] for
-//! [`Rollout::observe`]; a transition resets the counts and is stored before anything else sees
-//! it (under the lock, so states reach the store in order, and a command that answered has been
-//! saved: transitions are rare, so the few milliseconds of a write are paid rarely). Counts are
-//! not stored: after a restart the step goes on from its saved start time with fresh
-//! counts. Faults declared on a side (`fault:`) are injected into the requests the rollout sends
-//! there, copies included.
+//! Faults declared on a side (`fault:`) are injected into the requests the rollout sends there,
+//! copies included.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use sluice_state::StateStore;
 use sluice_types::api::{ModelMetadata, ModelStatistics};
 use sluice_types::{
     Answer, Endpoint, InferRequest, ModelConfig, RequestContext, RequestedOutput, Resolver, RolloutAction,
@@ -34,24 +32,25 @@ use sluice_types::{
 };
 use tokio::sync::Semaphore;
 
-use super::guardrails::{self, ArmCounts, StepCounts};
-use super::machine::{Cause, Observation, Phase, Rollout, Transition};
+use super::guardrails::StepCounts;
+use super::machine::{Cause, Phase, Rollout, Transition};
 use super::plan::{Fault, Metric, RolloutPlan};
-use super::store::{RolloutStore, Saved};
-use crate::compare::{compare, Comparison, LatencyWindow};
+use crate::compare::{compare, Comparison};
 use crate::definition::Target;
+use crate::loaded::Loaded;
 use crate::own_stats::{extend_unique, OwnStats};
 use crate::policy::{resolve_target, tag, target_key};
 use crate::shadow::ShadowOptions;
 use crate::split;
 
-/// How often the guardrails are read and the machine observes.
-pub const TICK: Duration = Duration::from_millis(500);
-/// Distinct units remembered per side and step for the SRM test; past it, SRM counts no more.
+/// Distinct units remembered per side and step for the SRM test; past it, SRM counts requests.
 const MAX_UNITS: usize = 1_000_000;
+/// Answered request ids this replica remembers itself (the store keeps them all for
+/// [`super::shared::FEEDBACK_WINDOW`]).
+const MAX_ANSWERED: usize = 100_000;
 
-const SIDES: [&str; 2] = ["baseline", "candidate"];
-const CAUSES: [Cause; 4] = [Cause::Start, Cause::Advance, Cause::Failure, Cause::Command];
+pub(super) const SIDES: [&str; 2] = ["baseline", "candidate"];
+pub(super) const CAUSES: [Cause; 4] = [Cause::Start, Cause::Advance, Cause::Failure, Cause::Command];
 
 fn cause_name(c: Cause) -> &'static str {
     match c {
@@ -62,79 +61,119 @@ fn cause_name(c: Cause) -> &'static str {
     }
 }
 
-/// What one side did in the current step.
-#[derive(Default)]
-struct Side {
-    counts: ArmCounts,
-    latency: LatencyWindow,
-    units: HashSet<u64>,
-    /// Units past [`MAX_UNITS`] were seen: the SRM count is no longer whole.
-    units_overflowed: bool,
+/// The machine as stored, and what this replica counted in its current step.
+pub(super) struct Live {
+    pub machine: Rollout,
+    /// The version of the stored state `machine` is (0: none read yet).
+    pub version: u64,
+    /// This replica's counts since the step started (its part in the store).
+    pub step: StepCounts,
+    /// Units this replica has seen on each side in the step, and those not yet sent to the store.
+    pub seen_units: [HashSet<u64>; 2],
+    pub unsent_units: [Vec<u64>; 2],
+    /// Every replica's counts for the step, as last read from the store.
+    pub merged: Option<StepCounts>,
+    /// Request ids answered in weight steps (for `feedback.<name>` guardrails): id → (side,
+    /// step start), oldest first, and those not yet written to the store.
+    pub answered: HashMap<String, (usize, u64)>,
+    pub answered_order: VecDeque<String>,
+    pub unsent_answered: Vec<(String, Vec<u8>)>,
 }
 
-/// The current step's counts.
-#[derive(Default)]
-struct StepCounter {
-    sides: [Side; 2],
-    copies_dropped: u64,
-    compared: u64,
-    disagreements: u64,
-    /// Requests without a sticky unit: each is its own unit, so units are requests.
-    per_request: bool,
-}
-
-impl StepCounter {
-    fn record(&mut self, side: usize, ok: bool, ms: f64, unit: Option<u64>) {
-        let s = &mut self.sides[side];
-        s.counts.requests += 1;
-        s.counts.errors += u64::from(!ok);
-        s.latency.push((ms * 1000.0) as u64);
-        match unit {
-            Some(u) if s.units.len() < MAX_UNITS => {
-                s.units.insert(u);
-            }
-            Some(_) => s.units_overflowed = true,
-            None => self.per_request = true,
+impl Live {
+    pub(super) fn new(machine: Rollout) -> Live {
+        Live {
+            machine,
+            version: 0,
+            step: StepCounts::default(),
+            seen_units: Default::default(),
+            unsent_units: Default::default(),
+            merged: None,
+            answered: HashMap::new(),
+            answered_order: VecDeque::new(),
+            unsent_answered: Vec::new(),
         }
     }
 
-    fn counts(&self) -> StepCounts {
-        let [b, c] = &self.sides;
-        let units = if self.per_request || b.units_overflowed || c.units_overflowed {
-            // A mixed or overflowed count is no unit count: SRM sees requests instead.
-            [b.counts.requests, c.counts.requests]
+    pub(super) fn step_started(&self) -> Option<u64> {
+        self.machine.state().step_started_ms
+    }
+
+    /// Fresh counts for a new step.
+    pub(super) fn reset_step(&mut self) {
+        self.step = StepCounts::default();
+        self.seen_units = Default::default();
+        self.unsent_units = Default::default();
+        self.merged = None;
+    }
+
+    /// An answer (or a shadow copy's) of `side`.
+    fn record(&mut self, side: usize, ok: bool, ms: f64) {
+        let arm = if side == 0 { &mut self.step.baseline } else { &mut self.step.candidate };
+        arm.requests += 1;
+        arm.errors += u64::from(!ok);
+        if side == 0 {
+            self.step.baseline_latency.push_ms(ms);
         } else {
-            [b.units.len() as u64, c.units.len() as u64]
-        };
-        StepCounts {
-            baseline: b.counts,
-            candidate: c.counts,
-            baseline_latency_ms: b.latency.samples_ms(),
-            candidate_latency_ms: c.latency.samples_ms(),
-            compared: self.compared,
-            disagreements: self.disagreements,
-            units,
+            self.step.candidate_latency.push_ms(ms);
         }
+    }
+
+    /// A request answered by `side` in the weight step that started at `started`, for feedback.
+    fn note_answered(&mut self, name: &str, id: &str, side: usize, started: u64) {
+        if self.answered.insert(id.to_string(), (side, started)).is_none() {
+            self.answered_order.push_back(id.to_string());
+        }
+        while self.answered_order.len() > MAX_ANSWERED {
+            if let Some(old) = self.answered_order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
+        self.unsent_answered.push((super::shared::request_key(name, id), format!("{side}:{started}").into_bytes()));
+    }
+
+    /// The unit (else none: the request is its own) a request was sent to `side` for.
+    fn note_unit(&mut self, side: usize, unit: Option<u64>) {
+        match unit {
+            Some(u) if self.seen_units[side].len() < MAX_UNITS => {
+                if self.seen_units[side].insert(u) {
+                    self.unsent_units[side].push(u);
+                }
+            }
+            // A unit count that is no longer whole: SRM counts requests instead.
+            Some(_) | None => self.step.per_request = true,
+        }
+    }
+
+    /// The step's counts of every replica when read, else this replica's.
+    pub(super) fn counts(&self) -> StepCounts {
+        self.merged.clone().unwrap_or_else(|| {
+            let mut c = self.step.clone();
+            c.units = [self.seen_units[0].len() as u64, self.seen_units[1].len() as u64];
+            c
+        })
     }
 }
 
-/// The machine and the counts of its current step, under one lock.
-struct Live {
-    machine: Rollout,
-    step: StepCounter,
-}
-
-struct Inner {
-    name: String,
+pub(super) struct Inner {
+    pub name: String,
     /// The machine's plan, read without its lock: it never changes while the endpoint lives.
-    plan: Arc<RolloutPlan>,
+    pub plan: Arc<RolloutPlan>,
     resolver: Weak<dyn Resolver>,
     /// The salt of canary assignment: the endpoint and its candidate (see [`super::canary`]).
     salt: String,
     /// The output the disagreement guardrail compares, if there is one.
     compared_output: Option<String>,
-    live: Mutex<Live>,
-    store: Option<Arc<dyn RolloutStore>>,
+    /// The `feedback.<name>` guardrails' names: answered request ids are kept when there are any.
+    pub feedback_metrics: Vec<String>,
+    pub live: Mutex<Live>,
+    pub store: Arc<dyn StateStore>,
+    /// This process as a writer of counts and a holder of the rollout's lease.
+    pub replica: String,
+    /// Whether this replica holds the lease and drives the rollout.
+    pub driving: AtomicBool,
+    /// Whether the stored state has been read.
+    pub loaded: Loaded,
     copy_slots: Arc<Semaphore>,
     copies_waiting: AtomicUsize,
     copy_queue: usize,
@@ -149,53 +188,43 @@ pub struct RolloutEndpoint {
 }
 
 impl RolloutEndpoint {
-    /// A rollout of `plan` served as `name`: continued from `store`'s saved state when it is for
-    /// the same baseline and candidate, else started now. Must be called inside a tokio runtime
-    /// (its timer and store tasks start here).
+    /// A rollout of `plan` served as `name`, its state kept in `store` under `rollout/<name>`: it
+    /// continues the stored rollout when that is for the same baseline and candidate, else
+    /// starts anew. Must be called inside a tokio runtime: the state is read, and then kept in
+    /// step with the store, by a task started here; requests wait for the first read.
     pub fn new(
         name: &str,
         plan: RolloutPlan,
         resolver: Weak<dyn Resolver>,
         shadow: &ShadowOptions,
-        store: Option<Arc<dyn RolloutStore>>,
+        store: Arc<dyn StateStore>,
+        replica: &str,
     ) -> Result<RolloutEndpoint, ServeError> {
-        let (baseline, candidate) = (target_key(&plan.baseline), target_key(&plan.candidate));
-        let saved = match &store {
-            Some(s) => s.load(name).map_err(ServeError::Internal)?,
-            None => None,
-        };
+        let candidate = target_key(&plan.candidate);
         let compared_output = plan.guardrails.iter().find_map(|g| match &g.metric {
             Metric::Disagreement { output } => Some(output.clone()),
             Metric::ErrorRate | Metric::LatencyP99 | Metric::Feedback { .. } | Metric::Srm => None,
         });
-        let now = crate::now_ms();
-        let shared_plan = Arc::new(plan.clone());
-        let mut started = None;
-        let machine = match saved {
-            Some(s) if s.baseline == baseline && s.candidate == candidate => {
-                Rollout::restore(plan, s.state).map_err(|why| {
-                    ServeError::invalid(format!(
-                        "endpoint '{name}': the saved rollout state does not fit its plan: {why} (to start the \
-                         rollout over, delete its state file)"
-                    ))
-                })?
-            }
-            // New, or another rollout than the one saved.
-            _ => {
-                let mut m = Rollout::new(plan);
-                started = m.start(now).ok().cloned();
-                m
-            }
-        };
-        tracing::info!(endpoint = name, baseline, candidate, phase = %machine.phase(), "rollout loaded");
+        let feedback_metrics = plan
+            .guardrails
+            .iter()
+            .filter_map(|g| match &g.metric {
+                Metric::Feedback { name } => Some(name.clone()),
+                Metric::ErrorRate | Metric::LatencyP99 | Metric::Disagreement { .. } | Metric::Srm => None,
+            })
+            .collect();
         let inner = Arc::new(Inner {
             name: name.to_string(),
-            plan: shared_plan,
+            feedback_metrics,
+            plan: Arc::new(plan.clone()),
             resolver,
             salt: format!("{name}/{candidate}"),
             compared_output,
-            live: Mutex::new(Live { machine, step: StepCounter::default() }),
+            live: Mutex::new(Live::new(Rollout::new(plan))),
             store,
+            replica: replica.to_string(),
+            driving: AtomicBool::new(false),
+            loaded: Loaded::new(),
             copy_slots: Arc::new(Semaphore::new(shadow.concurrency.max(1))),
             copies_waiting: AtomicUsize::new(0),
             copy_queue: shadow.queue.max(1),
@@ -204,69 +233,21 @@ impl RolloutEndpoint {
             transitions: Default::default(),
             own: OwnStats::default(),
         });
-        if let Some(t) = started {
-            inner.after_transition(&mut inner.live.lock(), &t);
-        }
-        tokio::spawn(tick(Arc::downgrade(&inner)));
+        tokio::spawn(super::shared::run(Arc::downgrade(&inner)));
         Ok(RolloutEndpoint { inner })
     }
 }
 
-/// Reads the guardrails every [`TICK`] until the endpoint is gone.
-async fn tick(inner: Weak<Inner>) {
-    let mut every = tokio::time::interval(TICK);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        inner.observe(crate::now_ms());
-    }
-}
-
 impl Inner {
-    /// Reads the guardrails of the running (or paused by hand) step and lets the machine act.
-    /// The counts are copied under the lock and judged outside it (sorting latency windows is
-    /// not for the request path to wait on); a step that changed meanwhile is not judged on them.
-    fn observe(&self, now: u64) {
-        let (phase, started, counts) = {
-            let live = self.live.lock();
-            (live.machine.phase(), live.machine.state().step_started_ms, live.step.counts())
-        };
-        let Some(k) = phase.step() else { return };
-        let step = self.plan.steps[k];
-        let readings = guardrails::evaluate(&self.plan, &step, &counts);
-        // In a shadow step the candidate's requests are the copies it ran.
-        let observation = Observation { candidate_requests_in_step: counts.candidate.requests, guardrails: readings };
-        let mut live = self.live.lock();
-        if live.machine.phase() != phase || live.machine.state().step_started_ms != started {
-            return;
-        }
-        if let Some(t) = live.machine.observe(now, &observation).cloned() {
-            self.after_transition(&mut live, &t);
-        }
-    }
-
-    /// A new phase: fresh counts, the state to the store, a line in the log.
-    fn after_transition(&self, live: &mut Live, t: &Transition) {
-        live.step = StepCounter::default();
+    /// A transition this replica made (and stored): counted, logged.
+    pub(super) fn made(&self, t: &Transition) {
         if let Some(i) = CAUSES.iter().position(|c| *c == t.cause) {
             self.transitions[i].fetch_add(1, Ordering::Relaxed);
         }
-        let level_warn = t.cause == Cause::Failure;
-        if level_warn {
+        if t.cause == Cause::Failure {
             tracing::warn!(endpoint = %self.name, from = %t.from, to = %t.to, reason = %t.reason, "rollout transition");
         } else {
             tracing::info!(endpoint = %self.name, from = %t.from, to = %t.to, reason = %t.reason, "rollout transition");
-        }
-        if let Some(store) = &self.store {
-            let saved = Saved {
-                baseline: target_key(&self.plan.baseline),
-                candidate: target_key(&self.plan.candidate),
-                state: live.machine.state().clone(),
-            };
-            if let Err(e) = store.save(&self.name, &saved) {
-                tracing::error!(endpoint = %self.name, error = %e, "cannot save the rollout's state");
-            }
         }
     }
 
@@ -317,8 +298,9 @@ impl Inner {
     /// transition is not counted in the next step).
     fn record(&self, step_started: Option<u64>, side: usize, ok: bool, ms: f64, unit: Option<u64>) {
         let mut live = self.live.lock();
-        if live.machine.state().step_started_ms == step_started {
-            live.step.record(side, ok, ms, unit);
+        if live.step_started() == step_started {
+            live.record(side, ok, ms);
+            live.note_unit(side, unit);
         }
     }
 }
@@ -326,9 +308,10 @@ impl Inner {
 impl RolloutEndpoint {
     async fn answer(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
         let inner = &self.inner;
+        inner.loaded.wait(&format!("rollout '{}'", inner.name)).await?;
         let (traffic, step_started, phase) = {
             let live = inner.live.lock();
-            (live.machine.traffic(), live.machine.state().step_started_ms, live.machine.phase())
+            (live.machine.traffic(), live.step_started(), live.machine.phase())
         };
         let unit = inner.unit(ctx, &request);
         let counted = matches!(phase, Phase::Step(_) | Phase::Paused { by_failure: false, .. });
@@ -356,6 +339,15 @@ impl RolloutEndpoint {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         if counted {
             inner.record(step_started, side, result.is_ok(), ms, unit.as_deref().map(split::key_hash));
+            let weighted = !copy && traffic.shadow_share == 0.0;
+            if let (true, true, Some(started)) = (weighted, !inner.feedback_metrics.is_empty(), step_started) {
+                if result.is_ok() && !ctx.request_id.is_empty() {
+                    let mut live = inner.live.lock();
+                    if live.step_started() == step_started {
+                        live.note_answered(&inner.name, &ctx.request_id, side, started);
+                    }
+                }
+            }
         }
         if let Some(copy_request) = copy_request {
             self.start_copy(ctx, copy_request, &result, step_started);
@@ -380,7 +372,7 @@ impl RolloutEndpoint {
         if inner.copies_waiting.fetch_add(1, Ordering::AcqRel) >= inner.copy_queue {
             inner.copies_waiting.fetch_sub(1, Ordering::AcqRel);
             let mut live = inner.live.lock();
-            if live.machine.state().step_started_ms == step_started {
+            if live.step_started() == step_started {
                 live.step.copies_dropped += 1;
             }
             return;
@@ -404,17 +396,13 @@ impl RolloutEndpoint {
                 _ => None,
             };
             let mut live = inner.live.lock();
-            if live.machine.state().step_started_ms != step_started {
+            if live.step_started() != step_started {
                 return;
             }
-            let step = &mut live.step;
-            let s = &mut step.sides[1];
-            s.counts.requests += 1;
-            s.counts.errors += u64::from(result.is_err());
-            s.latency.push((ms * 1000.0) as u64);
+            live.record(1, result.is_ok(), ms);
             if let Some(Comparison::Labels { elements, agreed }) = comparison {
-                step.compared += elements;
-                step.disagreements += elements - agreed;
+                live.step.compared += elements;
+                live.step.disagreements += elements - agreed;
             }
         });
     }
@@ -434,32 +422,44 @@ impl RolloutEndpoint {
         let live = self.inner.live.lock();
         let plan = &self.inner.plan;
         let status = serde_json::to_value(live.machine.status(crate::now_ms())).unwrap_or(Value::Null);
-        let counts = live.step.counts();
+        let counts = live.counts();
         let shadow_step = live.machine.phase().step().is_some_and(|k| plan.steps[k].is_shadow());
-        let side = |i: usize, c: ArmCounts, fault: Option<Fault>| {
+        let side = |i: usize| {
+            let (c, latency) = if i == 0 {
+                (counts.baseline, &counts.baseline_latency)
+            } else {
+                (counts.candidate, &counts.candidate_latency)
+            };
             json!({
-                "target": target_key(if i == 0 { &plan.baseline } else { &plan.candidate }),
+                "target": target_key(self.inner.target(i)),
                 "requests": c.requests,
                 "errors": c.errors,
-                "latency_p99_ms": live.step.sides[i].latency.quantile_ms(0.99),
-                "fault": fault,
+                "latency_p99_ms": latency.quantile_ms(0.99),
+                "fault": self.inner.fault(i),
                 "faults_injected": self.inner.faults[i].load(Ordering::Relaxed),
             })
         };
         json!({
             "name": self.inner.name,
             "kind": "rollout",
-            "baseline": side(0, counts.baseline, plan.baseline_fault),
-            "candidate": side(1, counts.candidate, plan.candidate_fault),
+            "baseline": side(0),
+            "candidate": side(1),
             "step_counts": {
                 "shadow_copies": if shadow_step { counts.candidate.requests } else { 0 },
-                "shadow_copies_dropped": live.step.copies_dropped,
+                "shadow_copies_dropped": counts.copies_dropped,
                 "compared": counts.compared,
                 "disagreements": counts.disagreements,
                 "units": counts.units,
+                "all_replicas": live.merged.is_some(),
             },
             "alpha": plan.alpha,
             "on_failure": plan.on_failure,
+            "replica": {
+                "id": self.inner.replica,
+                "driving": self.inner.driving.load(Ordering::Relaxed),
+                "state_store": self.inner.store.describe(),
+                "state_version": live.version,
+            },
             "status": status,
         })
     }
@@ -471,8 +471,11 @@ impl Endpoint for RolloutEndpoint {
         &self.inner.name
     }
 
-    /// Ready when the side that answers is (both, while both answer).
+    /// Ready once its state is read, when the side that answers is (both, while both answer).
     fn ready(&self) -> bool {
+        if !self.inner.loaded.is_loaded() {
+            return false;
+        }
         let phase = self.inner.live.lock().machine.phase();
         let ready = |side: usize| self.resolve(self.inner.target(side)).is_ok_and(|e| e.ready());
         match phase {
@@ -553,28 +556,26 @@ impl Endpoint for RolloutEndpoint {
     }
 }
 
+#[async_trait]
 impl RolloutControl for RolloutEndpoint {
-    fn status(&self) -> Value {
+    async fn status(&self) -> Value {
+        // A status read just after a start shows the stored state, not the blank one before it.
+        if let Err(e) = self.inner.loaded.wait(&format!("rollout '{}'", self.inner.name)).await {
+            tracing::warn!(endpoint = %self.inner.name, error = %e, "rollout status: state not read yet");
+        }
+        if let Err(e) = self.inner.share_counts().await {
+            tracing::warn!(endpoint = %self.inner.name, error = %e, "rollout status: cannot read every replica's counts");
+        }
         self.status_json()
     }
 
-    fn command(&self, action: RolloutAction, reason: &str) -> Result<Value, ServeError> {
-        let now = crate::now_ms();
-        {
-            let inner = &self.inner;
-            let mut live = inner.live.lock();
-            let t = match action {
-                RolloutAction::Pause => live.machine.pause(now, reason),
-                RolloutAction::Resume => live.machine.resume(now, reason),
-                RolloutAction::Promote => live.machine.promote(now, reason),
-                RolloutAction::Rollback => live.machine.rollback(now, reason),
-            }
-            .cloned()
-            .map_err(|why| {
-                ServeError::Conflict(format!("rollout '{}': cannot {}: {why}", inner.name, action.as_str()))
-            })?;
-            inner.after_transition(&mut live, &t);
-        }
+    async fn command(&self, action: RolloutAction, reason: &str) -> Result<Value, ServeError> {
+        self.inner.loaded.wait(&format!("rollout '{}'", self.inner.name)).await?;
+        self.inner.command(action, reason).await?;
         Ok(self.status_json())
+    }
+
+    async fn feedback(&self, feedback: &sluice_types::Feedback) -> Option<Result<Value, ServeError>> {
+        self.inner.feedback(feedback).await.transpose()
     }
 }

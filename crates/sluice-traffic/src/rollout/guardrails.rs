@@ -13,10 +13,14 @@
 //!   The variance takes one error and one success more per arm (Agresti–Caffo), so that two
 //!   error-free arms still have an honest, non-zero width.
 //! - `latency_p99` (`max_ratio`, `max_increase_ms`): distribution-free bounds on each arm's
-//!   p99 from order statistics (the ranks n·q ∓ z·√(n·q·(1−q))), at one-sided α; an arm needs
-//!   [`MIN_LATENCIES`] samples.
+//!   p99 from order statistics (the ranks n·q ∓ z·√(n·q·(1−q))), at one-sided α, read from a
+//!   mergeable histogram at the outer edges of the buckets those ranks land in (so replicas add
+//!   their latencies up and the bounds only widen); an arm needs [`MIN_LATENCIES`] samples.
 //! - `disagreement` (`max`): the Wilson interval of the share of shadow comparisons that differ,
 //!   at one-sided α.
+//! - `feedback.<name>` (`max_decrease`): candidate − baseline mean of the values fed back for
+//!   the requests each side answered, by the same confidence sequence as the error rate (a fall
+//!   is judged, a rise is fine); each side needs [`MIN_FEEDBACK`] values.
 //! - `srm` (`p`): the chi-square test of units per arm against the step's weight (§3); a p-value
 //!   below the limit fails, whatever α. It needs [`MIN_SRM_UNITS`] units.
 //!
@@ -25,37 +29,76 @@
 
 use super::machine::{GuardrailReading, Verdict};
 use super::plan::{Exposure, Guardrail, Limit, Metric, RolloutPlan, Step};
-use crate::stats::dist::normal_isf;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::histogram::LatencyHistogram;
 use crate::stats::sequential::{confidence_sequence_halfwidth, gavi_equivalent_tau2, gavi_rho};
-use crate::stats::{srm_chi_square, wilson_interval};
+use crate::stats::{srm_chi_square, wilson_interval, RunningMoments};
 
 /// Latency samples each arm needs before its p99 is judged.
-pub const MIN_LATENCIES: usize = 100;
+pub const MIN_LATENCIES: u64 = 100;
+/// Values each side needs fed back before a business metric is judged.
+pub const MIN_FEEDBACK: u64 = 30;
 /// Units the SRM test needs in all.
 pub const MIN_SRM_UNITS: u64 = 100;
 /// GrowthBook's default tuning `N` where the step plans no `min_requests`.
 const DEFAULT_TUNING_N: f64 = 1000.0;
 
 /// Requests one side answered in the step, and how many of them failed.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArmCounts {
     pub requests: u64,
     pub errors: u64,
 }
 
-/// What the endpoint counted since the step started.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What was counted since the step started: by one replica (its part in the state store), or by
+/// all of them ([`StepCounts::merge`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepCounts {
     pub baseline: ArmCounts,
     pub candidate: ArmCounts,
-    /// Recent latencies of each side in milliseconds (any order).
-    pub baseline_latency_ms: Vec<f64>,
-    pub candidate_latency_ms: Vec<f64>,
+    /// Latencies of each side.
+    pub baseline_latency: LatencyHistogram,
+    pub candidate_latency: LatencyHistogram,
     /// Shadow comparisons made, and how many differed.
     pub compared: u64,
     pub disagreements: u64,
-    /// Randomization units seen on each side (for SRM): [baseline, candidate].
+    /// Shadow copies dropped because the copy queue was full.
+    #[serde(default)]
+    pub copies_dropped: u64,
+    /// Randomization units seen on each side (for SRM): [baseline, candidate]. Units are counted
+    /// once across replicas (a set in the state store), so a part leaves them at zero.
+    #[serde(default)]
     pub units: [u64; 2],
+    /// Some requests had no sticky unit: each is its own unit, so SRM counts requests.
+    #[serde(default)]
+    pub per_request: bool,
+    /// Values fed back for each `feedback.<name>` metric: [baseline, candidate].
+    #[serde(default)]
+    pub feedback: BTreeMap<String, [RunningMoments; 2]>,
+}
+
+impl StepCounts {
+    /// Adds another replica's counts (units aside: they come from the shared sets).
+    pub fn merge(&mut self, other: &StepCounts) {
+        for (mine, theirs) in [(&mut self.baseline, &other.baseline), (&mut self.candidate, &other.candidate)] {
+            mine.requests += theirs.requests;
+            mine.errors += theirs.errors;
+        }
+        self.baseline_latency.merge(&other.baseline_latency);
+        self.candidate_latency.merge(&other.candidate_latency);
+        self.compared += other.compared;
+        self.disagreements += other.disagreements;
+        self.copies_dropped += other.copies_dropped;
+        self.per_request |= other.per_request;
+        for (name, theirs) in &other.feedback {
+            let mine = self.feedback.entry(name.clone()).or_default();
+            mine[0].merge(&theirs[0]);
+            mine[1].merge(&theirs[1]);
+        }
+    }
 }
 
 /// A reading for each guardrail that `step` can measure ([`Guardrail::applies_to`]).
@@ -69,11 +112,11 @@ fn reading(plan: &RolloutPlan, step: &Step, g: &Guardrail, c: &StepCounts) -> Gu
         (Metric::LatencyP99, limit) => latency_p99(c, limit, plan.alpha),
         (Metric::Disagreement { .. }, Limit::Max(m)) => disagreement(c, m, plan.alpha),
         (Metric::Srm, Limit::P(p)) => srm(c, step, p),
-        // Business metrics arrive by feedback, which this endpoint does not receive yet; the
-        // plan refuses them at load, so no reading is ever asked for here.
-        (Metric::Feedback { .. }, _) => (None, Verdict::Inconclusive),
+        (Metric::Feedback { name }, Limit::MaxDecrease(d)) => feedback(c, name, d, plan.alpha, tuning_n(step)),
         // The plan pairs each metric with its limits; any other pairing has no test.
-        (Metric::ErrorRate | Metric::Disagreement { .. } | Metric::Srm, _) => (None, Verdict::Inconclusive),
+        (Metric::ErrorRate | Metric::Disagreement { .. } | Metric::Srm | Metric::Feedback { .. }, _) => {
+            (None, Verdict::Inconclusive)
+        }
     };
     GuardrailReading::of(g, value, verdict)
 }
@@ -120,26 +163,9 @@ fn error_rate(c: &StepCounts, max_increase: f64, alpha: f64, tuning_n: f64) -> (
     }
 }
 
-/// Bounds on the q-quantile of `samples` from order statistics, each holding with probability
-/// 1 − α; `None` below [`MIN_LATENCIES`] samples. The top is the largest sample when the upper
-/// rank passes the end (p99 of a few hundred samples has no sample above it to spare).
-fn quantile_bounds(samples: &[f64], q: f64, alpha: f64) -> Option<(f64, f64, f64)> {
-    if samples.len() < MIN_LATENCIES || samples.iter().any(|x| !x.is_finite()) {
-        return None;
-    }
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len() as f64;
-    let z = normal_isf(alpha);
-    let spread = z * (n * q * (1.0 - q)).sqrt();
-    let at = |rank: f64| s[(rank.max(1.0) as usize).min(s.len()) - 1];
-    let point = at((n * q).ceil());
-    Some((at((n * q - spread).floor()), point, at((n * q + spread).ceil() + 1.0)))
-}
-
 fn latency_p99(c: &StepCounts, limit: Limit, alpha: f64) -> (Option<f64>, Verdict) {
-    let (Some((b_lo, b, b_hi)), Some((k_lo, k, k_hi))) =
-        (quantile_bounds(&c.baseline_latency_ms, 0.99, alpha), quantile_bounds(&c.candidate_latency_ms, 0.99, alpha))
+    let bounds = |h: &LatencyHistogram| h.quantile_bounds_ms(0.99, alpha, MIN_LATENCIES);
+    let (Some((b_lo, b, b_hi)), Some((k_lo, k, k_hi))) = (bounds(&c.baseline_latency), bounds(&c.candidate_latency))
     else {
         return (None, Verdict::Inconclusive);
     };
@@ -158,6 +184,37 @@ fn latency_p99(c: &StepCounts, limit: Limit, alpha: f64) -> (Option<f64>, Verdic
         Limit::MaxRatio(_) | Limit::MaxIncrease(_) | Limit::Max(_) | Limit::MaxDecrease(_) | Limit::P(_) => {
             (None, Verdict::Inconclusive)
         }
+    }
+}
+
+/// Candidate − baseline mean of a business metric fed back, judged against a fall of at most
+/// `max_decrease` by the same confidence sequence as the error rate. Each side's variance is at
+/// least the pooled variance of both sides' values, so that two sides with no spread of their own
+/// (all 1 against all 0) still have an honest width; each side needs [`MIN_FEEDBACK`] values.
+fn feedback(c: &StepCounts, name: &str, max_decrease: f64, alpha: f64, tuning_n: f64) -> (Option<f64>, Verdict) {
+    let Some([b, k]) = c.feedback.get(name) else { return (None, Verdict::Inconclusive) };
+    let (Some(mb), Some(mk)) = (b.mean(), k.mean()) else { return (None, Verdict::Inconclusive) };
+    let diff = mk - mb;
+    if b.count() < MIN_FEEDBACK || k.count() < MIN_FEEDBACK {
+        return (Some(diff), Verdict::Inconclusive);
+    }
+    let mut pooled = *b;
+    pooled.merge(k);
+    let floor = pooled.variance().unwrap_or(0.0);
+    let var = |m: &RunningMoments| m.variance().unwrap_or(0.0).max(floor) / m.count() as f64;
+    let variance = var(b) + var(k);
+    if variance <= 0.0 {
+        // Every value the same on both sides: no fall at all.
+        return (Some(diff), Verdict::Pass);
+    }
+    let n = (b.count() + k.count()) as f64;
+    let half = gavi_rho(alpha, tuning_n)
+        .and_then(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
+        .and_then(|tau2| confidence_sequence_halfwidth(variance, tau2, alpha));
+    match half {
+        // A fall is −diff: beyond the limit when even the interval's top falls by more.
+        Some(h) => (Some(diff), judge(-(diff + h), -(diff - h), max_decrease)),
+        None => (Some(diff), Verdict::Inconclusive),
     }
 }
 
@@ -268,27 +325,22 @@ mod tests {
     fn latency_is_judged_on_bounds_of_each_p99() {
         let p = canary();
         let step = &p.steps[0];
-        let ramp = |n: usize, scale: f64| (1..=n).map(|i| scale * i as f64 / n as f64 * 10.0).collect::<Vec<_>>();
-        let same = StepCounts {
-            baseline_latency_ms: ramp(2000, 1.0),
-            candidate_latency_ms: ramp(2000, 1.0),
-            ..Default::default()
+        let ramp = |n: usize, scale: f64| {
+            let mut h = LatencyHistogram::default();
+            (1..=n).for_each(|i| h.push_ms(scale * i as f64 / n as f64 * 10.0));
+            h
         };
+        let same =
+            StepCounts { baseline_latency: ramp(2000, 1.0), candidate_latency: ramp(2000, 1.0), ..Default::default() };
         let r = evaluate(&p, step, &same);
         assert_eq!(verdict(&r, "latency_p99"), Verdict::Pass);
-        let slow = StepCounts {
-            baseline_latency_ms: ramp(2000, 1.0),
-            candidate_latency_ms: ramp(2000, 2.0),
-            ..Default::default()
-        };
+        let slow =
+            StepCounts { baseline_latency: ramp(2000, 1.0), candidate_latency: ramp(2000, 2.0), ..Default::default() };
         let r = evaluate(&p, step, &slow);
         assert_eq!(verdict(&r, "latency_p99"), Verdict::Fail);
         assert!((r.iter().find(|r| r.guardrail == "latency_p99").unwrap().value.unwrap() - 2.0).abs() < 1e-9);
-        let sparse = StepCounts {
-            baseline_latency_ms: ramp(50, 1.0),
-            candidate_latency_ms: ramp(2000, 9.0),
-            ..Default::default()
-        };
+        let sparse =
+            StepCounts { baseline_latency: ramp(50, 1.0), candidate_latency: ramp(2000, 9.0), ..Default::default() };
         assert_eq!(verdict(&evaluate(&p, step, &sparse), "latency_p99"), Verdict::Inconclusive);
     }
 
@@ -324,5 +376,38 @@ mod tests {
         let differ = StepCounts { compared: 400, disagreements: 60, ..Default::default() };
         assert_eq!(evaluate(&p, shadow, &differ)[0].verdict, Verdict::Fail);
         assert!(evaluate(&p, &p.steps[1], &agree).iter().all(|r| r.guardrail != "disagreement(label)"));
+    }
+
+    #[test]
+    fn a_business_metric_that_falls_fails_and_one_that_holds_passes() {
+        let p = plan(
+            "  - { metric: feedback.conversion, max_decrease: 0.02 }\n",
+            "  - { weight: 50, hold: 1s }\n  - { weight: 100 }\n",
+        );
+        let step = &p.steps[0];
+        let fed = |b_rate: f64, k_rate: f64, n: u64| {
+            let side = |rate: f64| {
+                let mut m = RunningMoments::new();
+                for i in 0..n {
+                    m.push(if (i as f64 + 0.5) / (n as f64) < rate { 1.0 } else { 0.0 });
+                }
+                m
+            };
+            let mut c = StepCounts::default();
+            c.feedback.insert("conversion".into(), [side(b_rate), side(k_rate)]);
+            c
+        };
+        let read = |c: &StepCounts| evaluate(&p, step, c)[0].clone();
+        // 30 % → 10 % on 500 each: a fall of 0.2, confidently past 0.02.
+        let r = read(&fed(0.3, 0.1, 500));
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!((r.value.unwrap() + 0.2).abs() < 1e-9, "{r:?}");
+        // The same rates on 20 000 each: the fall is at most 0.02 with confidence.
+        assert_eq!(read(&fed(0.3, 0.3, 20_000)).verdict, Verdict::Pass);
+        // Too few values, or none: nothing concluded.
+        assert_eq!(read(&fed(0.3, 0.1, 10)).verdict, Verdict::Inconclusive);
+        assert_eq!(read(&StepCounts::default()).verdict, Verdict::Inconclusive);
+        // Two sides with no spread of their own still fail on a clear fall.
+        assert_eq!(read(&fed(1.0, 0.0, 50)).verdict, Verdict::Fail);
     }
 }

@@ -280,6 +280,15 @@ impl Rollout {
         Some(self.record(now, to, Cause::Advance, reason, readings))
     }
 
+    /// Keeps what the statistics saw in the current step for the status, acting on none of it:
+    /// what a replica that does not drive the rollout does with its readings.
+    pub fn note(&mut self, observation: &Observation) {
+        if self.state.phase.step().is_some() {
+            self.state.candidate_requests_in_step = observation.candidate_requests_in_step;
+            self.state.last_readings = self.sanitized(&observation.guardrails);
+        }
+    }
+
     /// Stops a running step by hand; its traffic holds.
     pub fn pause(&mut self, now: u64, reason: &str) -> Result<&Transition, String> {
         let reason = required(reason)?;

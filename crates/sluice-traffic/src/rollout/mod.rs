@@ -4,8 +4,9 @@
 //! ([`plan`]), the state machine that acts on guardrail verdicts ([`machine`]), its status view
 //! ([`status`]) and which side a unit is on ([`canary`]). It reads no clock, does no I/O and
 //! computes no statistics: an endpoint routes by [`Rollout::traffic`] and [`canary`], statistics
-//! turn counts into [`Verdict`]s, and something stores [`RolloutState`] (serde) to carry a
-//! rollout over a restart ([`Rollout::restore`]).
+//! turn counts into [`Verdict`]s ([`guardrails`]), and the endpoint keeps [`RolloutState`] (serde)
+//! in the state store, which carries a rollout over a restart ([`Rollout::restore`]) and shares
+//! it between replicas (`shared`: one replica at a time drives, every replica follows).
 //!
 //! # How the machine moves
 //!
@@ -49,8 +50,8 @@ pub mod endpoint;
 pub mod guardrails;
 pub mod machine;
 pub mod plan;
+mod shared;
 pub mod status;
-pub mod store;
 
 pub use machine::{Cause, GuardrailReading, Observation, Phase, Rollout, RolloutState, Traffic, Transition, Verdict};
 pub use plan::{Exposure, Guardrail, Limit, Metric, OnFailure, RolloutPlan, Step};

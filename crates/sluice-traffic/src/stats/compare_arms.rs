@@ -231,7 +231,7 @@ pub fn welch_t_test_samples(baseline: &[f64], candidate: &[f64], alpha: f64) -> 
 /// Count, mean and sum of squared deviations (M2) of a stream, updated one value at a time and
 /// mergeable: each replica keeps its own for an arm and the totals are their merge. Plain sums
 /// of x and x² would cancel catastrophically for latencies with a large mean and small spread.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunningMoments {
     count: u64,
     mean: f64,

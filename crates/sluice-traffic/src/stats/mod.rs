@@ -13,7 +13,8 @@
 //!   and [`SequentialTest`], which is fed successive looks;
 //! - [`srm`]: the sample-ratio-mismatch guardrail, a chi-square test of assignment counts
 //!   against configured weights;
-//! - [`bucketing`]: GrowthBook's fnv32a hash buckets and the single-threshold canary ramp.
+//! - [`bucketing`]: GrowthBook's fnv32a hash buckets and the single-threshold canary ramp;
+//! - [`histogram`]: a mergeable latency histogram with distribution-free bounds on a quantile.
 //!
 //! Every formula and reference value comes from the experiment-statistics brief (its README,
 //! §1–§3, §5 and §7, and `reference_values.json`, computed with scipy 1.17.1 and statsmodels
@@ -31,6 +32,7 @@
 pub mod bucketing;
 pub mod compare_arms;
 pub mod dist;
+pub mod histogram;
 pub mod power;
 pub mod sequential;
 mod special;
