@@ -1,6 +1,7 @@
 //! Whether an endpoint with state in the state store has read it yet: requests that arrive
 //! before the first read wait for it (a bounded time), so that a restarted replica never serves a
-//! blank state (a promoted rollout as pending, a stopped experiment as running).
+//! blank state (a promoted rollout as pending, a stopped experiment as running). Also the
+//! endpoints' one loop that keeps them in step with the store ([`keep_in_step`]).
 
 use std::time::Duration;
 
@@ -48,5 +49,32 @@ impl Loaded {
             "{what} has not read its state from the state store yet{}",
             self.error.lock().as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         )))
+    }
+}
+
+/// Runs `step` on the endpoint every `tick` until the endpoint is gone, saying a failure once
+/// per kind (not twice a second while the store is away) and when the store answers again.
+pub(crate) async fn keep_in_step<T, F>(endpoint: std::sync::Weak<T>, tick: Duration, what: &str, step: F)
+where
+    T: Send + Sync,
+    F: for<'a> Fn(&'a T) -> futures::future::BoxFuture<'a, Result<(), ServeError>>,
+{
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    loop {
+        every.tick().await;
+        let Some(e) = endpoint.upgrade() else { return };
+        match (step(&e).await, &last_error) {
+            (Ok(()), Some(_)) => {
+                tracing::info!(endpoint = what, "the state store answers again");
+                last_error = None;
+            }
+            (Err(err), previous) if previous.as_deref() != Some(&err.to_string()) => {
+                tracing::warn!(endpoint = what, error = %err, "cannot keep in step with the state store");
+                last_error = Some(err.to_string());
+            }
+            (Ok(()) | Err(_), _) => {}
+        }
     }
 }

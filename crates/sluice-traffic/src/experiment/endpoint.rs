@@ -164,7 +164,8 @@ impl ExperimentEndpoint {
             loaded: Loaded::new(),
             own: OwnStats::default(),
         });
-        tokio::spawn(run(Arc::downgrade(&endpoint)));
+        let (weak, what) = (Arc::downgrade(&endpoint), format!("experiment '{name}'"));
+        tokio::spawn(async move { crate::loaded::keep_in_step(weak, TICK, &what, |e| Box::pin(e.sync())).await });
         endpoint
     }
 
@@ -496,25 +497,6 @@ impl Endpoint for ExperimentEndpoint {
 
     fn counters(&self) -> Vec<TrafficCounter> {
         requests_by_target(&self.name, self.plan.arms.iter().map(|a| &a.target).zip(&self.sent))
-    }
-}
-
-/// Writes the endpoint's counts every [`TICK`] until it is gone.
-async fn run(endpoint: Weak<ExperimentEndpoint>) {
-    let mut every = tokio::time::interval(TICK);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = None;
-    loop {
-        every.tick().await;
-        let Some(e) = endpoint.upgrade() else { return };
-        match (e.sync().await, &last_error) {
-            (Ok(()), Some(_)) => last_error = None,
-            (Err(err), previous) if previous.as_ref() != Some(&err.to_string()) => {
-                tracing::warn!(endpoint = %e.name, error = %err, "experiment: cannot write to the state store");
-                last_error = Some(err.to_string());
-            }
-            (Ok(()) | Err(_), _) => {}
-        }
     }
 }
 

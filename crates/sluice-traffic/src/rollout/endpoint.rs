@@ -233,7 +233,7 @@ impl RolloutEndpoint {
             transitions: Default::default(),
             own: OwnStats::default(),
         });
-        tokio::spawn(super::shared::run(Arc::downgrade(&inner)));
+        tokio::spawn(super::shared::run(Arc::downgrade(&inner), format!("rollout '{name}'")));
         Ok(RolloutEndpoint { inner })
     }
 }

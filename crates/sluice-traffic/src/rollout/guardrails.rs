@@ -140,6 +140,14 @@ fn judge(lower: f64, upper: f64, limit: f64) -> Verdict {
     }
 }
 
+/// The half-width of the normal-mixture confidence sequence on a difference of two means whose
+/// estimate has `variance`, from `n` observations in all, with GAVI's mixing variance.
+fn halfwidth(variance: f64, n: f64, alpha: f64, tuning_n: f64) -> Option<f64> {
+    gavi_rho(alpha, tuning_n)
+        .and_then(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
+        .and_then(|tau2| confidence_sequence_halfwidth(variance, tau2, alpha))
+}
+
 fn error_rate(c: &StepCounts, max_increase: f64, alpha: f64, tuning_n: f64) -> (Option<f64>, Verdict) {
     let (b, k) = (c.baseline, c.candidate);
     if b.requests == 0 || k.requests == 0 {
@@ -153,11 +161,7 @@ fn error_rate(c: &StepCounts, max_increase: f64, alpha: f64, tuning_n: f64) -> (
         q * (1.0 - q) / m
     };
     let variance = smoothed(b) + smoothed(k);
-    let n = (b.requests + k.requests) as f64;
-    let half = gavi_rho(alpha, tuning_n)
-        .and_then(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
-        .and_then(|tau2| confidence_sequence_halfwidth(variance, tau2, alpha));
-    match half {
+    match halfwidth(variance, (b.requests + k.requests) as f64, alpha, tuning_n) {
         Some(h) => (Some(diff), judge(diff - h, diff + h, max_increase)),
         None => (Some(diff), Verdict::Inconclusive),
     }
@@ -207,11 +211,7 @@ fn feedback(c: &StepCounts, name: &str, max_decrease: f64, alpha: f64, tuning_n:
         // Every value the same on both sides: no fall at all.
         return (Some(diff), Verdict::Pass);
     }
-    let n = (b.count() + k.count()) as f64;
-    let half = gavi_rho(alpha, tuning_n)
-        .and_then(|rho| gavi_equivalent_tau2(rho, n, variance.sqrt()))
-        .and_then(|tau2| confidence_sequence_halfwidth(variance, tau2, alpha));
-    match half {
+    match halfwidth(variance, (b.count() + k.count()) as f64, alpha, tuning_n) {
         // A fall is −diff: beyond the limit when even the interval's top falls by more.
         Some(h) => (Some(diff), judge(-(diff + h), -(diff - h), max_decrease)),
         None => (Some(diff), Verdict::Inconclusive),

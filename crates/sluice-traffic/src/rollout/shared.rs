@@ -65,27 +65,8 @@ pub(super) fn request_key(name: &str, id: &str) -> String {
 }
 
 /// Keeps the endpoint in step with the store until it is gone.
-pub(super) async fn run(inner: Weak<Inner>) {
-    let mut every = tokio::time::interval(TICK);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error = None;
-    loop {
-        every.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let result = inner.tick(crate::now_ms()).await;
-        // Said once per kind of failure, not twice a second while the store is away.
-        match (result, &last_error) {
-            (Ok(()), Some(_)) => {
-                tracing::info!(endpoint = %inner.name, "rollout: the state store answers again");
-                last_error = None;
-            }
-            (Err(e), previous) if previous.as_ref() != Some(&e.to_string()) => {
-                tracing::warn!(endpoint = %inner.name, error = %e, "rollout: cannot keep in step with the state store");
-                last_error = Some(e.to_string());
-            }
-            (Ok(()) | Err(_), _) => {}
-        }
-    }
+pub(super) async fn run(inner: Weak<Inner>, what: String) {
+    crate::loaded::keep_in_step(inner, TICK, &what, |i| Box::pin(i.tick(crate::now_ms()))).await
 }
 
 impl Inner {
