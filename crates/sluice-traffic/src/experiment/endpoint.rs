@@ -423,6 +423,7 @@ impl ExperimentEndpoint {
             "planned_units_per_arm": planned,
             "progress": planned.map(|n| least as f64 / n as f64),
             "srm_p": srm,
+            "srm_sequential_p": crate::stats::srm_sequential_p(units, &weights, crate::stats::SRM_CONCENTRATION),
             "metrics": reports,
             "verdict": words,
         })

@@ -21,11 +21,13 @@
 //! - `feedback.<name>` (`max_decrease`): candidate − baseline mean of the values fed back for
 //!   the requests each side answered, by the same confidence sequence as the error rate (a fall
 //!   is judged, a rise is fine); each side needs [`MIN_FEEDBACK`] values.
-//! - `srm` (`p`): the chi-square test of units per arm against the step's weight (§3); a p-value
-//!   below the limit fails, whatever α. It needs [`MIN_SRM_UNITS`] units.
+//! - `srm` (`p`): the chi-square test of units per arm against the step's weight (§3), read with
+//!   the sequential Dirichlet–multinomial test beside it: it fails when both p-values are below
+//!   the limit (whatever α), so that reading it every tick keeps the sequential test's level.
+//!   It needs [`MIN_SRM_UNITS`] units.
 //!
-//! The latency and SRM tests are fixed-horizon ones read repeatedly: an always-valid version of
-//! each is future work, and their minimum counts keep early noise out.
+//! The latency test is a fixed-horizon one read repeatedly: an always-valid version is future
+//! work, and its minimum count keeps early noise out.
 
 use super::machine::{GuardrailReading, Verdict};
 use super::plan::{Exposure, Guardrail, Limit, Metric, RolloutPlan, Step};
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::histogram::LatencyHistogram;
 use crate::stats::sequential::{confidence_sequence_halfwidth, gavi_equivalent_tau2, gavi_rho};
-use crate::stats::{srm_chi_square, RunningMoments};
+use crate::stats::{srm_chi_square, srm_sequential_p, RunningMoments, SRM_CONCENTRATION};
 
 /// Latency samples each arm needs before its p99 is judged.
 pub const MIN_LATENCIES: u64 = 100;
@@ -241,10 +243,17 @@ fn srm(c: &StepCounts, step: &Step, threshold: f64) -> (Option<f64>, Verdict) {
     if c.units.iter().sum::<u64>() < MIN_SRM_UNITS {
         return (None, Verdict::Inconclusive);
     }
-    match srm_chi_square(&c.units, &[100.0 - percent, percent]) {
+    let weights = [100.0 - percent, percent];
+    match srm_chi_square(&c.units, &weights) {
         // A unit on a side the step gives no weight is a broken split too.
         Some(check) if check.skipped_units > 0 => (Some(check.p_value), Verdict::Fail),
-        Some(check) => (Some(check.p_value), if check.mismatch_at(threshold) { Verdict::Fail } else { Verdict::Pass }),
+        Some(check) => {
+            // Read every tick, the chi-square test alone would raise false alarms over a long
+            // step: it fails only where the always-valid sequential test agrees.
+            let sequential = srm_sequential_p(&c.units, &weights, SRM_CONCENTRATION).unwrap_or(1.0);
+            let fail = check.mismatch_at(threshold) && sequential < threshold;
+            (Some(check.p_value), if fail { Verdict::Fail } else { Verdict::Pass })
+        }
         // All on one side, as the step says (weight 100): nothing to compare.
         None => (None, Verdict::Inconclusive),
     }

@@ -65,7 +65,7 @@ pub use sequential::{
     johari_tau2, msprt_log_lambda, msprt_log_lambda_bernoulli, msprt_log_lambda_known_sigma, SequentialLook,
     SequentialTest,
 };
-pub use srm::{srm_chi_square, SrmCheck, SRM_THRESHOLD};
+pub use srm::{srm_chi_square, srm_sequential_p, SrmCheck, SRM_CONCENTRATION, SRM_THRESHOLD};
 
 /// A closed interval [lower, upper] on the scale of the difference it bounds.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]

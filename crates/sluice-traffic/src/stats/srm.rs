@@ -7,11 +7,16 @@
 //! differently per arm), and every comparison of the arms is then suspect.
 //!
 //! The default threshold is p < 0.001, GrowthBook's (its SRM docs): mismatches are rare, so at
-//! 0.05 about half the alerts would be false, at 0.001 about 2 %. The test is for one look; a
-//! check repeated at every look should use a stricter threshold or a sequential test
-//! (README §3; not provided here).
+//! 0.05 about half the alerts would be false, at 0.001 about 2 %. The chi-square test is for one
+//! look; a check repeated at every look needs the sequential test beside it
+//! ([`srm_sequential_p`], README §3: GrowthBook's Dirichlet–multinomial Bayes factor, Lindon,
+//! Semmens & Gotwalt 2022), whose p-value stays valid however often it is read.
 
 use super::dist::chi_square_sf;
+use super::special::ln_gamma_shift;
+
+/// GrowthBook's default concentration of the Dirichlet prior of the sequential SRM test.
+pub const SRM_CONCENTRATION: f64 = 10_000.0;
 
 /// GrowthBook's default SRM threshold on the p-value.
 pub const SRM_THRESHOLD: f64 = 0.001;
@@ -74,6 +79,33 @@ pub fn srm_chi_square(observed: &[u64], weights: &[f64]) -> Option<SrmCheck> {
     Some(SrmCheck { chi_square, df, p_value: chi_square_sf(chi_square, df as f64), skipped_units })
 }
 
+/// The always-valid p-value of the sequential SRM test at these counts: 1/BF (at most 1), where
+/// BF is the Bayes factor of a Dirichlet–multinomial alternative (prior Dirichlet(c·θ₀), c the
+/// `concentration`) against the multinomial with probabilities θ₀ = the weights:
+///
+/// ln BF = lnΓ(c) − lnΓ(c + n) + Σᵢ [lnΓ(c·θ₀ᵢ + Oᵢ) − lnΓ(c·θ₀ᵢ)] − Σᵢ Oᵢ ln θ₀ᵢ.
+///
+/// BF is a test martingale under the null, so by Ville's inequality the chance that 1/BF ever
+/// falls to α, at any of however many looks, is at most α: a guardrail may read it every tick.
+/// Arms with weight ≤ 0 are left out as in [`srm_chi_square`]; `None` where that gives `None`.
+pub fn srm_sequential_p(observed: &[u64], weights: &[f64], concentration: f64) -> Option<f64> {
+    srm_chi_square(observed, weights)?;
+    if !(concentration.is_finite() && concentration > 0.0) {
+        return None;
+    }
+    let arms: Vec<(f64, f64)> =
+        observed.iter().zip(weights).filter(|(_, &w)| w > 0.0).map(|(&o, &w)| (o as f64, w)).collect();
+    let total_weight: f64 = arms.iter().map(|(_, w)| w).sum();
+    let n: f64 = arms.iter().map(|(o, _)| o).sum();
+    let mut ln_bf = -ln_gamma_shift(concentration, n);
+    for (o, w) in arms {
+        let theta = w / total_weight;
+        let a = concentration * theta;
+        ln_bf += if o > 0.0 { ln_gamma_shift(a, o) } else { 0.0 } - o * theta.ln();
+    }
+    Some((-ln_bf).exp().min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::reference::{assert_rel, at, cases, count, num};
@@ -122,5 +154,49 @@ mod tests {
         assert_eq!(srm_chi_square(&[], &[]), None);
         let balanced = srm_chi_square(&[500, 500], &[1.0, 1.0]).unwrap();
         assert_eq!((balanced.chi_square, balanced.p_value), (0.0, 1.0));
+    }
+
+    #[test]
+    fn the_sequential_srm_p_value_matches_an_independent_computation() {
+        // ln BF from Python's math.lgamma (the formula above, concentration 10 000).
+        for (observed, weights, p) in [
+            ([50_500u64, 49_500], [0.5, 0.5], 0.035204262220968854),
+            ([94_650, 5_350], [95.0, 5.0], 3.4800153512161566e-05),
+            ([5_000, 5_250], [0.5, 0.5], 0.3040607408444243),
+        ] {
+            let got = srm_sequential_p(&observed, &weights, SRM_CONCENTRATION).unwrap();
+            assert!((got - p).abs() / p < 1e-9, "{observed:?}: {got} against {p}");
+        }
+        assert_eq!(srm_sequential_p(&[9_500, 500], &[95.0, 5.0], SRM_CONCENTRATION), Some(1.0));
+        assert_eq!(srm_sequential_p(&[0, 0], &[1.0, 1.0], SRM_CONCENTRATION), None);
+        assert_eq!(srm_sequential_p(&[5, 5], &[1.0, 1.0], 0.0), None);
+    }
+
+    #[test]
+    fn the_sequential_srm_test_keeps_its_level_read_at_every_look_where_chi_square_does_not() {
+        // A fair 50/50 split read after every 20 units up to 4000, 400 times over, at 0.05.
+        let mut state = 5u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut sequential, mut chi) = (0, 0);
+        for _ in 0..400 {
+            let mut counts = [0u64; 2];
+            let (mut s, mut c) = (false, false);
+            for _ in 0..200 {
+                for _ in 0..20 {
+                    counts[usize::from(next() < 0.5)] += 1;
+                }
+                s |= srm_sequential_p(&counts, &[1.0, 1.0], SRM_CONCENTRATION).unwrap() < 0.05;
+                c |= srm_chi_square(&counts, &[1.0, 1.0]).unwrap().p_value < 0.05;
+            }
+            sequential += usize::from(s);
+            chi += usize::from(c);
+        }
+        assert!(sequential <= 20, "sequential: {sequential} of 400 false alarms at 0.05");
+        assert!(chi > 40, "chi-square peeked should exceed its level: {chi} of 400");
     }
 }
