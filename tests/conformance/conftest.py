@@ -90,6 +90,9 @@ class SluiceServer:
             # Each server keeps its jobs apart: an embedded store has one owner at a time.
             "--state-dir",
             str(log_dir / f"{name}-{self.http_port}-state"),
+            # Nothing balances load in front of these servers: they stop at once.
+            "--drain-delay-secs",
+            "0",
             *(extra_args or []),
             *shlex.split(os.environ.get("SLUICE_EXTRA_ARGS", "")),
         ]

@@ -21,8 +21,12 @@ pub struct ServerConfig {
     pub grpc_port: u16,
     pub metrics_port: u16,
     pub max_body_bytes: usize,
-    /// How long in-flight requests may take to finish after shutdown begins.
+    /// How long in-flight requests may take to finish after the listeners stop accepting.
     pub grace_period: Duration,
+    /// How long the listeners keep accepting after shutdown begins, with readiness already
+    /// false, so that endpoints controllers and load balancers stop sending before anything is
+    /// refused.
+    pub drain_delay: Duration,
     /// Asynchronous jobs; `None`: the job endpoints answer 501.
     pub jobs: Option<JobsOptions>,
     /// Serve the inference endpoints (HTTP and gRPC); `false` for `sluice worker`, which only
@@ -137,6 +141,7 @@ impl Default for ServerConfig {
             metrics_port: 8002,
             max_body_bytes: 64 << 20,
             grace_period: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             jobs: None,
             inference: true,
         }
@@ -155,6 +160,7 @@ pub struct RunningServer {
     job_tasks: Vec<JoinHandle<()>>,
     pub jobs: Option<Arc<sluice_jobs::Jobs>>,
     grace: Duration,
+    drain_delay: Duration,
 }
 
 async fn bind(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
@@ -229,14 +235,20 @@ pub async fn start(engine: Arc<Engine>, cfg: &ServerConfig) -> anyhow::Result<Ru
         job_tasks,
         jobs,
         grace: cfg.grace_period,
+        drain_delay: cfg.drain_delay,
     })
 }
 
 impl RunningServer {
-    /// Readiness goes false, listeners stop accepting, in-flight requests finish (up to the
-    /// grace period), then models are unloaded.
+    /// Readiness goes false at once; the listeners keep accepting (and answering) for the drain
+    /// delay, then stop accepting; in-flight requests, streams and jobs finish (up to the grace
+    /// period); then models are unloaded.
     pub async fn shutdown(self) {
         self.engine.start_draining();
+        if !self.drain_delay.is_zero() {
+            tracing::info!(delay_ms = self.drain_delay.as_millis() as u64, "draining: not ready, still accepting");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let _ = self.stop.send(true);
         let all =
             futures::future::join(futures::future::join_all(self.tasks), futures::future::join_all(self.job_tasks));

@@ -1,6 +1,7 @@
 //! Model lifecycle end to end: warmup before a version takes traffic (and a failing warmup that
 //! fails the load or keeps the old version serving), reloads under a steady load that lose no
-//! request and answer none with an error, and an unload that waits for in-flight requests.
+//! request and answer none with an error, an unload that waits for in-flight requests, and a
+//! shutdown that drains: not ready at once, still answering for the drain delay.
 
 mod common;
 
@@ -341,4 +342,55 @@ async fn requests_racing_a_swap_are_retried_on_the_new_version() {
     );
     println!("{ok} requests over {RELOADS} reloads, none failed");
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_goes_unready_at_once_and_keeps_answering_through_the_drain_delay() {
+    let dir = standard_repo();
+    let delay = Duration::from_millis(1500);
+    let s =
+        start_server(dir.path(), EngineOptions::default(), ServerConfig { drain_delay: delay, ..Default::default() })
+            .await;
+    let base = format!("http://{}", s.http_addr);
+    // A fresh connection for every request, as a load balancer's new connections would be: a
+    // listener that stopped accepting would show as "connection refused".
+    let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let body = json!({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": vec![1.0f32; 16]},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "FP32", "data": vec![1.0f32; 16]},
+    ]});
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, base, body, stop) = (c.clone(), base.clone(), body.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let at = Instant::now();
+                    let r = c.post(format!("{base}/v2/models/add_sub/infer")).json(&body).send().await;
+                    sent.push((at, r.map(|r| r.status().as_u16()).map_err(|e| e.to_string())));
+                }
+                sent
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = Instant::now();
+    let shutdown = tokio::spawn(s.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = c.get(format!("{base}/v2/health/ready")).send().await.unwrap().status();
+    assert_eq!(ready, 503, "not ready from the start of the drain");
+    shutdown.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut during = 0;
+    for client in clients {
+        for (at, result) in client.await.unwrap() {
+            // Requests sent before the delay ran out (less a margin for the last ones in flight).
+            if at < began + delay - Duration::from_millis(100) {
+                assert_eq!(result, Ok(200), "a request sent during the drain delay failed");
+                during += u64::from(at >= began);
+            }
+        }
+    }
+    assert!(during > 10, "the clients kept sending through the drain: {during} requests");
 }

@@ -101,9 +101,14 @@ struct ServeArgs {
     /// Largest accepted HTTP body in bytes; larger ones get 413.
     #[arg(long, env = "SLUICE_HTTP_MAX_BODY_SIZE", default_value_t = 64 << 20)]
     http_max_body_size: usize,
-    /// Seconds in-flight requests and running jobs get to finish on SIGTERM.
+    /// Seconds in-flight requests and running jobs get to finish on SIGTERM, once the listeners
+    /// stop accepting.
     #[arg(long, env = "SLUICE_GRACE_PERIOD_SECS", default_value_t = 30)]
     grace_period_secs: u64,
+    /// Seconds the listeners keep accepting on SIGTERM, with readiness already false, so that
+    /// load balancers and Kubernetes endpoints stop sending before anything is refused.
+    #[arg(long, env = "SLUICE_DRAIN_DELAY_SECS", default_value_t = 5.0)]
+    drain_delay_secs: f64,
     #[command(flatten)]
     jobs: JobArgs,
     /// Job workers in this process (0 = accept jobs only).
@@ -311,12 +316,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_port: args.metrics_port,
         max_body_bytes: args.http_max_body_size,
         grace_period: Duration::from_secs(args.grace_period_secs),
+        drain_delay: Duration::try_from_secs_f64(args.drain_delay_secs)
+            .map_err(|e| anyhow::anyhow!("--drain-delay-secs {}: {e}", args.drain_delay_secs))?,
         jobs: Some(args.jobs.options(args.workers)),
         inference: true,
     };
     let server = sluice_server::start(engine, &cfg).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    tracing::info!("shutting down: readiness false, draining");
     server.shutdown().await;
     Ok(())
 }
