@@ -9,7 +9,8 @@
 # Python 3.11 or newer (python3); Rust 1.92 or newer (cargo). Checked first.
 #
 #   1. Debian packages, if missing: redis-server (the Redis job-queue tests), libb64-0d
-#      (perf_analyzer), python3-venv, wrk (benchmarks only; a failure only warns)
+#      (perf_analyzer), nginx-light (the test with replicas behind one address), python3-venv,
+#      wrk (benchmarks only; a failure only warns)
 #   2. .venv in the repo root with scripts/requirements.txt
 #   3. libonnxruntime.so (from the onnxruntime wheel) in $SLUICE_HOME/lib/
 #      -> export ORT_DYLIB_PATH=$SLUICE_HOME/lib/libonnxruntime.so
@@ -142,6 +143,10 @@ fi
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
     need_apt+=(libb64-0d)
 fi
+# nginx: the proxy in front of three replicas in crates/sluice/tests/behind_nginx.rs.
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    need_apt+=(nginx-light)
+fi
 if [[ ! -x "$py" ]] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     # Debian's own python3 needs python3-venv for ensurepip.
     need_apt+=(python3-venv)
@@ -156,6 +161,11 @@ log "found: $os_name, Python $py_version, Rust $rust_version${need_apt[*]:+; to 
 if [[ ${#need_apt[@]} -gt 0 ]]; then
     log "installing ${need_apt[*]}"
     apt_install "${need_apt[@]}"
+    if [[ " ${need_apt[*]} " == *" nginx-light "* ]]; then
+        # Debian starts the nginx service on port 80 when it installs it; the tests run their
+        # own nginx and need no daemon.
+        as_root service nginx stop >/dev/null 2>&1 || true
+    fi
 fi
 if [[ $redis -eq 1 ]] && ! command -v redis-server >/dev/null 2>&1; then
     die "redis-server is still missing after apt-get install redis-server"
