@@ -71,7 +71,7 @@ def free_port() -> int:
 
 def call(url: str, body: bytes | None = None, headers: dict | None = None) -> dict:
     req = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **(headers or {})})
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read())
 
 

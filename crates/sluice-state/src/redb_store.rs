@@ -1,11 +1,15 @@
 //! The embedded store: one redb file, owned by one process (redb locks it), so leases are always
-//! this process's. Documents and parts are written durably (a crash keeps the last tick's
-//! counts); sets, expiring values and claims are written without a sync of their own and reach
-//! the disk with the next durable write, which follows within a tick.
+//! this process's. Documents (a rollout's state, an experiment's stop) are written durably before
+//! the write returns: a command that answered is on disk. Everything else (counts, sets,
+//! expiring values, claims) is written without a sync of its own and made durable by one sync a
+//! second ([`FLUSH_EVERY`]) when anything was written, and at drop: a crash loses at most the
+//! last second of counts, and many endpoints writing every tick cost one sync a second, not one
+//! each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,12 +30,67 @@ const EXPIRING: TableDefinition<&str, &[u8]> = TableDefinition::new("expiring");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 /// Expired entries removed per write, so that a sweep never holds a write long.
 const SWEEP: usize = 1000;
+/// How often writes made without a sync of their own are made durable.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The database, and whether it holds writes not yet synced.
+struct Shared {
+    db: Database,
+    dirty: AtomicBool,
+    /// Held while flushing, and by drop: a flush never keeps the database open past the store.
+    flushing: Mutex<bool>,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+impl Shared {
+    /// Syncs what was written without a sync, if anything was.
+    fn flush(&self) -> Result<(), ServeError> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let tx = self.db.begin_write().map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+        }
+        Ok(())
+    }
+}
 
 pub struct RedbStore {
-    db: Arc<Database>,
+    db: Arc<Shared>,
     path: Option<PathBuf>,
     /// Leases: the file is this process's alone, so a lease is a note in memory.
     leases: Mutex<HashMap<String, (String, u64)>>,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let mut stopped = self.db.flushing.lock();
+        *stopped = true;
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "state store: the last writes could not be synced");
+        }
+    }
+}
+
+/// Syncs the store's unsynced writes every [`FLUSH_EVERY`] until the store is dropped.
+fn flusher(shared: Weak<Shared>) {
+    loop {
+        std::thread::sleep(FLUSH_EVERY);
+        let Some(s) = shared.upgrade() else { return };
+        let stopped = s.flushing.lock();
+        if *stopped {
+            return;
+        }
+        if let Err(e) = s.flush() {
+            tracing::warn!(error = %e, "state store: cannot sync");
+        }
+        drop(stopped);
+        drop(s);
+    }
 }
 
 fn db_err(e: impl std::fmt::Display) -> ServeError {
@@ -69,23 +128,33 @@ impl RedbStore {
         tx.open_table(EXPIRING).map_err(db_err)?;
         tx.open_table(EXPIRY).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(RedbStore { db: Arc::new(db), path, leases: Mutex::default() })
+        let shared = Arc::new(Shared { db, dirty: AtomicBool::new(false), flushing: Mutex::new(false) });
+        if path.is_some() {
+            let weak = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("sluice-state-sync".into())
+                .spawn(move || flusher(weak))
+                .map_err(|e| ServeError::Internal(format!("cannot start the state store's sync thread: {e}")))?;
+        }
+        Ok(RedbStore { db: shared, path, leases: Mutex::default() })
     }
 
     /// Runs `f` on a blocking thread: redb reads and writes the disk.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, ServeError> + Send + 'static,
+        f: impl FnOnce(&Shared) -> Result<T, ServeError> + Send + 'static,
     ) -> Result<T, ServeError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(db_err)?
     }
 }
 
-fn write(db: &Database, durable: bool) -> Result<WriteTransaction, ServeError> {
+/// A write transaction: synced at commit when `durable`, else by the next flush.
+fn write(db: &Shared, durable: bool) -> Result<WriteTransaction, ServeError> {
     let mut tx = db.begin_write().map_err(db_err)?;
     if !durable {
         tx.set_durability(Durability::None).map_err(db_err)?;
+        db.dirty.store(true, Ordering::Release);
     }
     Ok(tx)
 }
@@ -155,7 +224,7 @@ impl StateStore for RedbStore {
     async fn put_part(&self, key: &str, writer: &str, value: &[u8]) -> Result<(), ServeError> {
         let (key, writer, value) = (key.to_string(), writer.to_string(), value.to_vec());
         self.run(move |db| {
-            let tx = write(db, true)?;
+            let tx = write(db, false)?;
             tx.open_table(PARTS)
                 .map_err(db_err)?
                 .insert((key.as_str(), writer.as_str()), value.as_slice())
@@ -225,6 +294,9 @@ impl StateStore for RedbStore {
     }
 
     async fn put_expiring(&self, entries: &[(String, Vec<u8>)], ttl: Duration) -> Result<(), ServeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let entries = entries.to_vec();
         let until = now_ms().saturating_add(ttl.as_millis() as u64);
         self.run(move |db| {
@@ -290,7 +362,7 @@ impl StateStore for RedbStore {
     async fn delete(&self, keys: &[String]) -> Result<(), ServeError> {
         let keys = keys.to_vec();
         self.run(move |db| {
-            let tx = write(db, true)?;
+            let tx = write(db, false)?;
             {
                 let mut docs = tx.open_table(DOCS).map_err(db_err)?;
                 let mut parts = tx.open_table(PARTS).map_err(db_err)?;

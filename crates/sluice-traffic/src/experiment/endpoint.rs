@@ -74,8 +74,10 @@ struct Live {
     answered: HashMap<String, (usize, u64)>,
     order: VecDeque<(u64, String)>,
     unsent_answered: Vec<(String, Vec<u8>)>,
-    /// `[metric][arm]`: this replica's moments of mean metrics (its part in the store).
+    /// `[metric][arm]`: this replica's moments of mean metrics (its part in the store), and
+    /// whether they changed since last written.
     moments: Vec<Vec<RunningMoments>>,
+    moments_changed: bool,
     analysis: Analysis,
     stopped: Option<Stopped>,
 }
@@ -149,6 +151,7 @@ impl ExperimentEndpoint {
             order: VecDeque::new(),
             unsent_answered: Vec::new(),
             moments: vec![vec![RunningMoments::new(); arms]; plan.metrics.len()],
+            moments_changed: false,
             analysis: Analysis::new(alpha, planned, plan.metrics.len(), arms),
             stopped: None,
         };
@@ -211,7 +214,9 @@ impl ExperimentEndpoint {
         let (exposed, answered, moments) = {
             let mut live = self.live.lock();
             let exposed = std::mem::replace(&mut live.unsent_exposed, vec![Vec::new(); self.plan.arms.len()]);
-            (exposed, std::mem::take(&mut live.unsent_answered), live.moments.clone())
+            // An idle replica writes no moments: many endpoints must not cost a write each per tick.
+            let moments = std::mem::take(&mut live.moments_changed).then(|| live.moments.clone());
+            (exposed, std::mem::take(&mut live.unsent_answered), moments)
         };
         let mut result = Ok(());
         for (arm, members) in exposed.iter().enumerate() {
@@ -228,8 +233,13 @@ impl ExperimentEndpoint {
             self.live.lock().unsent_answered.extend(answered);
             return Err(e);
         }
+        let Some(moments) = moments else { return Ok(()) };
         let bytes = serde_json::to_vec(&moments).map_err(store_err)?;
-        self.store.put_part(&self.key("/moments"), &self.replica, &bytes).await
+        let written = self.store.put_part(&self.key("/moments"), &self.replica, &bytes).await;
+        if written.is_err() {
+            self.live.lock().moments_changed = true;
+        }
+        written
     }
 
     /// Every replica's counts.
@@ -380,7 +390,9 @@ impl ExperimentEndpoint {
             }
             MetricKind::Proportion => {}
             MetricKind::Mean => {
-                self.live.lock().moments[metric][arm].push(fb.value);
+                let mut live = self.live.lock();
+                live.moments[metric][arm].push(fb.value);
+                live.moments_changed = true;
             }
         }
         Ok(Some(json!({ "experiment": self.name, "arm": self.plan.arms[arm].name, "counted": true })))

@@ -73,6 +73,8 @@ pub(super) struct Live {
     pub unsent_units: [Vec<u64>; 2],
     /// Every replica's counts for the step, as last read from the store.
     pub merged: Option<StepCounts>,
+    /// `step` changed since it was last written to the store.
+    pub changed: bool,
     /// Request ids answered in weight steps (for `feedback.<name>` guardrails): id → (side,
     /// step start), oldest first, and those not yet written to the store.
     pub answered: HashMap<String, (usize, u64)>,
@@ -89,6 +91,7 @@ impl Live {
             seen_units: Default::default(),
             unsent_units: Default::default(),
             merged: None,
+            changed: false,
             answered: HashMap::new(),
             answered_order: VecDeque::new(),
             unsent_answered: Vec::new(),
@@ -105,10 +108,12 @@ impl Live {
         self.seen_units = Default::default();
         self.unsent_units = Default::default();
         self.merged = None;
+        self.changed = false;
     }
 
     /// An answer (or a shadow copy's) of `side`.
     fn record(&mut self, side: usize, ok: bool, ms: f64) {
+        self.changed = true;
         let arm = if side == 0 { &mut self.step.baseline } else { &mut self.step.candidate };
         arm.requests += 1;
         arm.errors += u64::from(!ok);
@@ -374,6 +379,7 @@ impl RolloutEndpoint {
             let mut live = inner.live.lock();
             if live.step_started() == step_started {
                 live.step.copies_dropped += 1;
+                live.changed = true;
             }
             return;
         }

@@ -189,7 +189,9 @@ impl Inner {
             let mut live = self.live.lock();
             let units = std::mem::take(&mut live.unsent_units);
             let answered = std::mem::take(&mut live.unsent_answered);
-            (live.step_started(), live.step.clone(), units, answered)
+            // An idle replica writes nothing: many endpoints must not cost a write each per tick.
+            let part = std::mem::take(&mut live.changed).then(|| live.step.clone());
+            (live.step_started(), part, units, answered)
         };
         if let Err(e) = self.store.put_expiring(&answered, FEEDBACK_WINDOW).await {
             self.live.lock().unsent_answered.extend(answered);
@@ -208,8 +210,14 @@ impl Inner {
             }
         }
         let key = step_key(&self.name, started);
-        let bytes = serde_json::to_vec(&part).map_err(|e| ServeError::Internal(e.to_string()))?;
-        self.store.put_part(&key, &self.replica, &bytes).await?;
+        if let Some(part) = part {
+            let bytes = serde_json::to_vec(&part).map_err(|e| ServeError::Internal(e.to_string()))?;
+            if let Err(e) = self.store.put_part(&key, &self.replica, &bytes).await {
+                let mut live = self.live.lock();
+                live.changed |= live.step_started() == Some(started);
+                return Err(e);
+            }
+        }
         let mut merged = StepCounts::default();
         for (writer, bytes) in self.store.parts(&key).await? {
             match serde_json::from_slice::<StepCounts>(&bytes) {
@@ -327,6 +335,7 @@ impl Inner {
             return Ok(Some(answer(false, Some("the request was answered in an earlier step"))));
         }
         live.step.feedback.entry(fb.metric.clone()).or_default()[side].push(fb.value);
+        live.changed = true;
         Ok(Some(answer(true, None)))
     }
 }
