@@ -55,3 +55,9 @@ cargo test --workspace
 
 step "conformance tests"
 .venv/bin/pytest -q tests/conformance
+
+# The image's Dockerfile and the Helm chart, checked offline (docs/deploy.md): hadolint, yamllint,
+# helm lint and template, kubernetes-validate, the CRD schemas, checkov, and the chart's arguments
+# against $SLUICE_BIN. Its tools install into gitignored folders the first time (about a minute).
+step "deploy validation (scripts/validate-deploy.sh)"
+bash scripts/validate-deploy.sh
