@@ -85,15 +85,9 @@ fn start_nginx(dir: &Path, http: u16, grpc: u16, replicas: &[Replica]) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx on the PATH (apt nginx-light; scripts/setup.sh installs it)");
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(
-            Instant::now() < end,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_port(grpc, || {
+        format!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default())
+    });
     Proc(child)
 }
 

@@ -164,10 +164,15 @@ pub fn redis(dir: &Path, port: u16) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server on the PATH");
+    wait_port(port, || "redis-server did not start".into());
+    Proc(child)
+}
+
+/// Waits up to 10 s for something to listen on `port` of 127.0.0.1; else fails with `why()`.
+pub fn wait_port(port: u16, why: impl Fn() -> String) {
     let end = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "redis-server did not start");
+        assert!(Instant::now() < end, "{}", why());
         std::thread::sleep(Duration::from_millis(20));
     }
-    Proc(child)
 }
