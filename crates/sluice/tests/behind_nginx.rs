@@ -2,7 +2,8 @@
 //! Service) in front of them over HTTP and gRPC, one Redis for jobs and state. Closed-loop load
 //! runs through nginx while one replica is killed (SIGKILL) and started again:
 //! - every request is answered or fails with a retriable error (HTTP 502/503/504, gRPC
-//!   UNAVAILABLE, or a dropped connection), and the failures are counted;
+//!   UNAVAILABLE, a gRPC stream reset by the proxy, or a dropped connection), and the failures
+//!   are counted;
 //! - requests succeed again after the restart;
 //! - every job accepted through nginx completes.
 //!
@@ -176,6 +177,9 @@ async fn killing_a_replica_behind_one_address_loses_no_job_and_fails_only_retria
                 let outcome = match client.model_infer(grpc_request()).await {
                     Ok(_) => Outcome::Ok,
                     Err(s) if s.code() == tonic::Code::Unavailable => Outcome::Retriable("grpc UNAVAILABLE".into()),
+                    // A call in flight on the killed replica: nginx resets its stream (RST_STREAM
+                    // CANCEL), which the client reports as CANCELLED. Nothing answered it.
+                    Err(s) if s.code() == tonic::Code::Cancelled => Outcome::Retriable("grpc stream reset".into()),
                     Err(s) => Outcome::Other(format!("grpc {:?}: {}", s.code(), s.message())),
                 };
                 seen.push((started.elapsed(), outcome));
