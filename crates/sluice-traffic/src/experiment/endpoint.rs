@@ -112,6 +112,9 @@ pub struct ExperimentEndpoint {
     store: Arc<dyn StateStore>,
     replica: String,
     loaded: Loaded,
+    /// Held while writing to the store: a report waits for a tick's writes in flight, else it
+    /// could read the store before the exposures that tick took have reached it.
+    syncing: tokio::sync::Mutex<()>,
     sent: Vec<AtomicU64>,
     own: OwnStats,
 }
@@ -165,6 +168,7 @@ impl ExperimentEndpoint {
             store,
             replica: replica.to_string(),
             loaded: Loaded::new(),
+            syncing: tokio::sync::Mutex::new(()),
             own: OwnStats::default(),
         });
         let (weak, what) = (Arc::downgrade(&endpoint), format!("experiment '{name}'"));
@@ -198,6 +202,7 @@ impl ExperimentEndpoint {
 
     /// Writes this replica's exposures, attributions and moments, and follows a stop.
     async fn sync(&self) -> Result<(), ServeError> {
+        let _one_at_a_time = self.syncing.lock().await;
         let result = self.sync_once().await;
         self.loaded.note(&result);
         result

@@ -179,6 +179,9 @@ pub(super) struct Inner {
     pub driving: AtomicBool,
     /// Whether the stored state has been read.
     pub loaded: Loaded,
+    /// Held while sharing counts: a status read waits for a tick's writes in flight, else it
+    /// could read the store before the units that tick took have reached it.
+    pub sharing: tokio::sync::Mutex<()>,
     copy_slots: Arc<Semaphore>,
     copies_waiting: AtomicUsize,
     copy_queue: usize,
@@ -230,6 +233,7 @@ impl RolloutEndpoint {
             replica: replica.to_string(),
             driving: AtomicBool::new(false),
             loaded: Loaded::new(),
+            sharing: tokio::sync::Mutex::new(()),
             copy_slots: Arc::new(Semaphore::new(shadow.concurrency.max(1))),
             copies_waiting: AtomicUsize::new(0),
             copy_queue: shadow.queue.max(1),

@@ -185,6 +185,7 @@ impl Inner {
     /// Writes this replica's counts of the step (and the request ids it answered) and reads
     /// everyone's.
     pub(super) async fn share_counts(&self) -> Result<(), ServeError> {
+        let _one_at_a_time = self.sharing.lock().await;
         let (started, part, units, answered) = {
             let mut live = self.live.lock();
             let units = std::mem::take(&mut live.unsent_units);
