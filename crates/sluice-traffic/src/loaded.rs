@@ -13,14 +13,16 @@ use tokio::sync::watch;
 const WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Loaded {
+    /// What waits say they wait for (`rollout 'name'`).
+    what: String,
     done: watch::Sender<bool>,
     /// The last read's error, said to those who wait in vain.
     error: Mutex<Option<String>>,
 }
 
 impl Loaded {
-    pub(crate) fn new() -> Loaded {
-        Loaded { done: watch::channel(false).0, error: Mutex::new(None) }
+    pub(crate) fn new(what: String) -> Loaded {
+        Loaded { what, done: watch::channel(false).0, error: Mutex::new(None) }
     }
 
     pub(crate) fn is_loaded(&self) -> bool {
@@ -38,15 +40,19 @@ impl Loaded {
         }
     }
 
-    /// Waits for the first read; `Unavailable` naming `what` when it does not come in time.
-    pub(crate) async fn wait(&self, what: &str) -> Result<(), ServeError> {
+    /// Waits for the first read; `Unavailable` naming what waits when it does not come in time.
+    pub(crate) async fn wait(&self) -> Result<(), ServeError> {
+        if self.is_loaded() {
+            return Ok(());
+        }
         let mut done = self.done.subscribe();
         let read = matches!(tokio::time::timeout(WAIT, done.wait_for(|d| *d)).await, Ok(Ok(_)));
         if read {
             return Ok(());
         }
         Err(ServeError::Unavailable(format!(
-            "{what} has not read its state from the state store yet{}",
+            "{} has not read its state from the state store yet{}",
+            self.what,
             self.error.lock().as_ref().map(|e| format!(": {e}")).unwrap_or_default()
         )))
     }

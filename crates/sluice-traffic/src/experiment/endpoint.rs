@@ -115,6 +115,8 @@ pub struct ExperimentEndpoint {
     /// Held while writing to the store: a report waits for a tick's writes in flight, else it
     /// could read the store before the exposures that tick took have reached it.
     syncing: tokio::sync::Mutex<()>,
+    /// The last report read from every replica's counts.
+    last_report: Mutex<Option<Value>>,
     sent: Vec<AtomicU64>,
     own: OwnStats,
 }
@@ -167,8 +169,9 @@ impl ExperimentEndpoint {
             live: Mutex::new(live),
             store,
             replica: replica.to_string(),
-            loaded: Loaded::new(),
+            loaded: Loaded::new(format!("experiment '{name}'")),
             syncing: tokio::sync::Mutex::new(()),
+            last_report: Mutex::new(None),
             own: OwnStats::default(),
         });
         let (weak, what) = (Arc::downgrade(&endpoint), format!("experiment '{name}'"));
@@ -283,29 +286,28 @@ impl ExperimentEndpoint {
         Ok(Counts { units, outcomes })
     }
 
-    /// This replica's own counts (no store read): what `/metrics` and the traffic table show.
-    fn local_counts(&self) -> Counts {
+    /// The last full report, else the arms without counts: what the endpoint table shows
+    /// without reading the store (or looking with the sequential test).
+    fn last_or_brief(&self) -> Value {
+        if let Some(r) = self.last_report.lock().clone() {
+            return r;
+        }
         let live = self.live.lock();
-        let units: Vec<u64> = live.exposed.iter().map(|s| s.len() as u64).collect();
-        let outcomes = self
-            .plan
-            .metrics
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                (0..units.len())
-                    .map(|arm| match m.kind {
-                        MetricKind::Proportion => Outcomes::Proportion(BinomialCounts::new(0, units[arm])),
-                        MetricKind::Mean => Outcomes::Mean(live.moments[i][arm]),
-                    })
-                    .collect()
-            })
-            .collect();
-        Counts { units, outcomes }
+        json!({
+            "name": self.name,
+            "kind": "experiment",
+            "state": if live.stopped.is_some() { "stopped" } else { "running" },
+            "arms": self.plan.arms.iter().enumerate().map(|(i, a)| json!({
+                "name": a.name,
+                "target": target_key(&a.target),
+                "weight": a.weight,
+                "requests": self.sent[i].load(Ordering::Relaxed),
+            })).collect::<Vec<_>>(),
+        })
     }
 
     async fn answer(&self, ctx: &RequestContext, request: InferRequest) -> Result<Answer, ServeError> {
-        self.loaded.wait(&format!("experiment '{}'", self.name)).await?;
+        self.loaded.wait().await?;
         let unit = self.unit(ctx, &request);
         let subject = unit.as_deref().unwrap_or(&ctx.request_id).to_string();
         let now = crate::now_ms();
@@ -503,7 +505,7 @@ impl Endpoint for ExperimentEndpoint {
     }
 
     fn traffic_report(&self) -> Option<Value> {
-        let mut r = self.report_json(&self.local_counts());
+        let mut r = self.last_or_brief();
         r["ready"] = self.ready().into();
         r["requests"] = self.own.requests().into();
         Some(r)
@@ -526,10 +528,14 @@ impl ExperimentControl for ExperimentEndpoint {
             Err(e) => Err(e),
         };
         match counts {
-            Ok(c) => self.report_json(&c),
+            Ok(c) => {
+                let r = self.report_json(&c);
+                *self.last_report.lock() = Some(r.clone());
+                r
+            }
             Err(e) => {
-                let mut r = self.report_json(&self.local_counts());
-                r["counts"] = "this replica's only".into();
+                let mut r = self.last_or_brief();
+                r["counts"] = "as last read".into();
                 r["state_store_error"] = e.to_string().into();
                 r
             }

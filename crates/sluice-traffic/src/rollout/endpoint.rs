@@ -232,7 +232,7 @@ impl RolloutEndpoint {
             store,
             replica: replica.to_string(),
             driving: AtomicBool::new(false),
-            loaded: Loaded::new(),
+            loaded: Loaded::new(format!("rollout '{name}'")),
             sharing: tokio::sync::Mutex::new(()),
             copy_slots: Arc::new(Semaphore::new(shadow.concurrency.max(1))),
             copies_waiting: AtomicUsize::new(0),
@@ -317,7 +317,7 @@ impl Inner {
 impl RolloutEndpoint {
     async fn answer(&self, ctx: &RequestContext, mut request: InferRequest) -> Result<Answer, ServeError> {
         let inner = &self.inner;
-        inner.loaded.wait(&format!("rollout '{}'", inner.name)).await?;
+        inner.loaded.wait().await?;
         let (traffic, step_started, phase) = {
             let live = inner.live.lock();
             (live.machine.traffic(), live.step_started(), live.machine.phase())
@@ -570,7 +570,7 @@ impl Endpoint for RolloutEndpoint {
 impl RolloutControl for RolloutEndpoint {
     async fn status(&self) -> Value {
         // A status read just after a start shows the stored state, not the blank one before it.
-        if let Err(e) = self.inner.loaded.wait(&format!("rollout '{}'", self.inner.name)).await {
+        if let Err(e) = self.inner.loaded.wait().await {
             tracing::warn!(endpoint = %self.inner.name, error = %e, "rollout status: state not read yet");
         }
         if let Err(e) = self.inner.share_counts().await {
@@ -580,7 +580,7 @@ impl RolloutControl for RolloutEndpoint {
     }
 
     async fn command(&self, action: RolloutAction, reason: &str) -> Result<Value, ServeError> {
-        self.inner.loaded.wait(&format!("rollout '{}'", self.inner.name)).await?;
+        self.inner.loaded.wait().await?;
         self.inner.command(action, reason).await?;
         Ok(self.status_json())
     }
